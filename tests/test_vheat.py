@@ -1,0 +1,174 @@
+"""The plain-PyTorch model: official equivalence, shapes, deploy form, training contract."""
+import re
+
+import pytest
+import torch
+
+from conftest import DATA, MINI, MINI_POST, mini_arch
+from vheat_mm.models import ARCH_SETTINGS, VHeat, VHeatFeatures
+
+
+def official_keys():
+    keys = {}
+    for line in (DATA / 'official_state_dict_tiny.txt').read_text().splitlines():
+        if line and not line.startswith('#'):
+            name, shape = line.split(' ', 1)
+            keys[name] = tuple(eval(shape))
+    return keys
+
+
+def build_official(case):
+    cfg = case['config']
+    model = VHeat(mini_arch(cfg), img_size=cfg['img_size'], num_classes=cfg['num_classes'])
+    model.load_state_dict(case['state_dict'], strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize('case', ['prenorm', 'postnorm_layerscale'])
+def test_logits_equal_official(official_mini, case):
+    ref = official_mini[case]
+    model = build_official(ref)
+    with torch.no_grad():
+        logits = model(ref['input'])
+    torch.testing.assert_close(logits, ref['logits'], rtol=1e-4, atol=1e-5)
+    model.switch_to_deploy()
+    with torch.no_grad():
+        deployed = model(ref['input'])
+    torch.testing.assert_close(deployed, ref['logits_deploy'], rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_weights_change_logits(official_mini):
+    """The equivalence test can fail: one perturbed conductivity moves the logits."""
+    ref = official_mini['prenorm']
+    model = build_official(ref)
+    with torch.no_grad():
+        model.layers[0][0].op.to_k[0].bias.add_(1.0)
+        assert not torch.allclose(model(ref['input']), ref['logits'], rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_state_dict_is_official():
+    expected = official_keys()
+    state = VHeat('tiny').state_dict()
+    assert list(state) == list(expected)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch,params', [('tiny', 30_853_480), ('small', 52_220_392),
+                                         ('base', 92_132_328)])
+def test_parameter_counts(arch, params):
+    model = VHeat(arch)
+    assert sum(p.numel() for p in model.parameters()) == params
+    settings = ARCH_SETTINGS[arch]
+    assert model.arch.post_norm == settings['post_norm']
+    assert (model.layers[2][0].gamma1 is not None) == (settings['layer_scale'] is not None)
+
+
+def test_unknown_arch_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown vHeat arch 'huge'.*\['base', 'small', 'tiny'\]"):
+        VHeat('huge')
+    with pytest.raises(ValueError, match=r"unknown keys \['depth'\]"):
+        VHeat(dict(depth=(2, 2, 6, 2), dims=96))
+    with pytest.raises(TypeError, match='unexpected keyword'):
+        VHeat('tiny', drop_rate=0.1)
+
+
+def test_bad_input_shape_is_a_clear_error():
+    model = VHeat(MINI, img_size=64, num_classes=3)
+    for bad in (torch.zeros(3, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 3, 8, 8, 1)):
+        with pytest.raises(ValueError, match=re.escape('expects images of shape (B, 3, H, W)')):
+            model(bad)
+
+
+@pytest.mark.parametrize('size', [(224, 224), (512, 512), (511, 511), (112, 137)])
+def test_feature_shapes_at_any_size(size):
+    model = VHeatFeatures(MINI_POST, img_size=224).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, *size))
+    h, w = size
+    for i, feat in enumerate(feats):
+        for _ in range(i + 2):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        assert feat.shape == (1, 8 * 2**i, h, w)
+        assert feat.is_contiguous() and torch.isfinite(feat).all()
+        h, w = size
+
+
+def test_tiny_classifier_runs_at_other_sizes():
+    model = VHeat('tiny').eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 112, 137)).shape == (1, 1000)
+
+
+def test_deploy_equals_train_form_at_other_sizes(official_mini):
+    ref = official_mini['postnorm_layerscale']
+    model = build_official(ref)
+    x = torch.randn(2, 3, 90, 77)
+    with torch.no_grad():
+        expected = model(x)
+        model.switch_to_deploy()
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)  # cached path
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_checkpointing_gives_same_outputs_and_gradients():
+    torch.manual_seed(1)
+    plain = VHeatFeatures(MINI_POST, img_size=64, drop_path_rate=0.0)
+    ckpt = VHeatFeatures(MINI_POST, img_size=64, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 80)
+    outs = [sum(f.square().mean() for f in m(x)) for m in (plain, ckpt)]
+    for out in outs:
+        out.backward()
+    torch.testing.assert_close(outs[0], outs[1])
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize('model_cls', [VHeat, VHeatFeatures])
+def test_every_parameter_gets_a_gradient(model_cls):
+    model = model_cls(MINI_POST, img_size=64).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    outs = [out] if isinstance(out, torch.Tensor) else out
+    loss = sum((o * torch.randn_like(o)).sum() for o in outs)  # a plain sum cancels after LN
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 4])
+def test_frozen_stages(frozen_stages):
+    model = VHeatFeatures(MINI, img_size=64, frozen_stages=frozen_stages)
+    model.train()
+    frozen_prefixes = []
+    if frozen_stages >= 0:
+        frozen_prefixes.append('patch_embed.')
+    for i in range(max(frozen_stages, 0)):
+        frozen_prefixes += [f'layers.{i}.', f'freq_embed.{i}', f'outnorm{i}.']
+    for name, param in model.named_parameters():
+        assert param.requires_grad != name.startswith(tuple(frozen_prefixes)), name
+    for name, module in model.named_modules():
+        if name.startswith(tuple(frozen_prefixes)):
+            assert not module.training, name
+    assert model.layers[-1].training == (frozen_stages < 4)
+
+
+def test_invalid_backbone_arguments():
+    with pytest.raises(ValueError, match='out_indices'):
+        VHeatFeatures(MINI, img_size=64, out_indices=(4,))
+    with pytest.raises(ValueError, match='frozen_stages'):
+        VHeatFeatures(MINI, img_size=64, frozen_stages=5)
+    with pytest.raises(ValueError, match='img_size must be a multiple of 32'):
+        VHeatFeatures(MINI, img_size=100)
+    with pytest.raises(ValueError, match='drop_path_rate'):
+        VHeatFeatures(MINI, img_size=64, drop_path_rate=1.5)
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    model = VHeat(MINI, img_size=64, num_classes=4, drop_path_rate=0.5)
+    x = torch.randn(4, 3, 64, 64)
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))

@@ -1,0 +1,15 @@
+"""vheat_mm: vHeat (arXiv 2405.16555) as a plain PyTorch model and an OpenMMLab plugin.
+
+``import vheat_mm`` registers the backbone ``vHeat`` into every installed toolbox among
+mmpretrain, mmdet and mmseg (plus ``MMDET_VHEAT`` / ``MMSEG_VHEAT``, the official config names),
+so configs use it with ``custom_imports=dict(imports=['vheat_mm'])``.
+"""
+from .checkpoint import CheckpointError, load_pretrained
+from .mm import register_all
+from .models import ARCH_SETTINGS, VHeat, VHeatFeatures
+from .version import __version__
+
+REGISTERED_INTO = register_all()
+
+__all__ = ['ARCH_SETTINGS', 'CheckpointError', 'REGISTERED_INTO', 'VHeat', 'VHeatFeatures',
+           'load_pretrained', '__version__']

@@ -1,0 +1,41 @@
+"""Registration of the vHeat backbone into the installed OpenMMLab toolboxes.
+
+Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
+``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+REGISTRY_MODULES = {'mmpretrain': 'mmpretrain.registry', 'mmdet': 'mmdet.registry',
+                    'mmseg': 'mmseg.registry'}
+OFFICIAL_NAMES = {'mmdet': ('MMDET_VHEAT', 224), 'mmseg': ('MMSEG_VHEAT', 512)}
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def register_all() -> tuple[str, ...]:
+    """Register into every installed toolbox; returns the toolboxes registered into."""
+    if not _installed('mmengine'):
+        return ()
+    from .backbone import VHeatBackbone, build_official_backbone
+    from .safe_load import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    done = []
+    for toolbox, registry_module in REGISTRY_MODULES.items():
+        if not _installed(toolbox):
+            continue
+        models = importlib.import_module(registry_module).MODELS
+        entries = {'vHeat': VHeatBackbone}
+        if toolbox in OFFICIAL_NAMES:
+            name, img_size = OFFICIAL_NAMES[toolbox]
+            entries[name] = build_official_backbone(img_size)
+        for name, obj in entries.items():
+            if name not in models.module_dict:
+                models.register_module(name=name, module=obj)
+        done.append(toolbox)
+    return tuple(done)

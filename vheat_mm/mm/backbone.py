@@ -1,0 +1,75 @@
+"""The vHeat backbone with the OpenMMLab backbone contract (``init_cfg``), shared by all toolboxes."""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+from mmengine.logging import print_log
+from mmengine.model import initialize
+
+from ..checkpoint import load_pretrained
+from ..models import VHeatFeatures
+
+__all__ = ['VHeatBackbone', 'build_official_backbone']
+
+
+class VHeatBackbone(VHeatFeatures):
+    """:class:`~vheat_mm.models.VHeatFeatures` with ``init_cfg``, registered as ``vHeat``.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads an official
+    classification checkpoint, an mmengine checkpoint (with or without ``backbone.``) or a plain
+    state dict when the runner calls :meth:`init_weights`; freq_embed is resized to ``img_size``
+    and every key not loaded is logged. Other init types go to mmengine's ``initialize``.
+    """
+
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
+                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, with_cp: bool = False,
+                 init_cfg: dict | list[dict] | None = None):
+        super().__init__(arch, img_size=img_size, in_channels=in_channels,
+                         drop_path_rate=drop_path_rate, out_indices=out_indices,
+                         frozen_stages=frozen_stages, with_cp=with_cp)
+        self.init_cfg = copy.deepcopy(init_cfg)
+        self.is_init = False
+
+    def init_weights(self) -> None:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        for cfg in filter(None, cfgs):
+            cfg = dict(cfg)
+            if cfg.get('type') != 'Pretrained':
+                initialize(self, cfg)
+                continue
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+            if unknown or 'checkpoint' not in cfg:
+                raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix and "
+                                 f"map_location; got {sorted(cfg)}")
+            report = load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+            for line in report.lines():
+                print_log(line, logger='current')
+        self._freeze_stages()
+        self.is_init = True
+
+
+def build_official_backbone(default_img_size: int):
+    """A builder taking the official ``MMDET_VHEAT`` / ``MMSEG_VHEAT`` config keywords."""
+
+    def build(*, depths: Sequence[int] = (2, 2, 9, 2), dims: int | Sequence[int] = 96,
+              post_norm: bool = True, layer_scale: float | None = None,
+              img_size: int = default_img_size, drop_path_rate: float = 0.1,
+              out_indices: Sequence[int] = (0, 1, 2, 3), use_checkpoint: bool = False,
+              pretrained: str | None = None, frozen_stages: int = -1, in_chans: int = 3,
+              mlp_ratio: float = 4.0, init_cfg: dict | None = None) -> VHeatBackbone:
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        arch = dict(depths=depths, dims=dims, post_norm=post_norm, layer_scale=layer_scale,
+                    mlp_ratio=mlp_ratio)
+        return VHeatBackbone(arch, img_size=img_size, in_channels=in_chans,
+                             drop_path_rate=drop_path_rate, out_indices=out_indices,
+                             frozen_stages=frozen_stages, with_cp=use_checkpoint,
+                             init_cfg=init_cfg)
+
+    build.__doc__ = (f'vHeat backbone from the official config keywords (img_size defaults '
+                     f'to {default_img_size}, as in the official code).')
+    return build

@@ -1,0 +1,101 @@
+"""The Heat Conduction Operator (HCO) as plain functions.
+
+vHeat treats the feature map u(x, y) of a stage as a temperature field on an H x W plate with
+insulated borders. The solution of the heat equation du/dt = k (d2u/dx2 + d2u/dy2) with those
+(Neumann) boundary conditions is, after time t = 1,
+
+    u(x, y) = IDCT2D( DCT2D(u)(n, m) * exp(-((n pi / H)^2 + (m pi / W)^2)) ** k(n, m) )
+
+where DCT2D is the orthonormal 2-D DCT-II and k(n, m) >= 0 is a learned conductivity per
+frequency and channel. Everything here works on channels-last tensors (B, H, W, C): both
+transforms are plain matrix products against small (N x N) cosine bases, with no copies.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    'dct_basis', 'heat_decay_map', 'heat_conduction', 'dct_2d', 'idct_2d', 'resize_freq_embed'
+]
+
+
+def dct_basis(n: int, *, device: torch.device | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+    """Orthonormal DCT-II matrix D of shape (n, n), rows indexed by frequency.
+
+    D[k, x] = sqrt(2 / n) * cos((x + 0.5) * k * pi / n), with row k = 0 divided by sqrt(2), so
+    that D @ D.T = I: the forward transform is D @ f and the inverse is D.T @ F.
+    Computed in float64 and cast, so every dtype gets the correctly rounded basis.
+    """
+    if n < 1:
+        raise ValueError(f'a DCT needs at least one sample, got n={n}')
+    x = torch.arange(n, dtype=torch.float64) + 0.5
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    basis = torch.cos(k * x * (math.pi / n)) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis.to(device=device, dtype=dtype)
+
+
+def heat_decay_map(height: int, width: int, *, device: torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """decay[n, m] = exp(-((n pi / H)^2 + (m pi / W)^2)), shape (H, W).
+
+    Raised to the learned conductivity k it gives the per-frequency attenuation decay ** k.
+    """
+    n = torch.arange(height, dtype=torch.float64) * (math.pi / height)
+    m = torch.arange(width, dtype=torch.float64) * (math.pi / width)
+    decay = torch.exp(-(n[:, None] ** 2 + m[None, :] ** 2))
+    return decay.to(device=device, dtype=dtype)
+
+
+def _along_h(u: Tensor, basis: Tensor) -> Tensor:
+    """out[b, i, w, c] = sum_h basis[i, h] u[b, h, w, c] for u of shape (B, H, W, C)."""
+    b, h, w, c = u.shape
+    return torch.matmul(basis, u.reshape(b, h, w * c)).view(b, basis.shape[0], w, c)
+
+
+def _along_w(u: Tensor, basis: Tensor) -> Tensor:
+    """out[b, h, j, c] = sum_w basis[j, w] u[b, h, w, c] for u of shape (B, H, W, C)."""
+    b, h, w, c = u.shape
+    return torch.matmul(basis, u.reshape(b * h, w, c)).view(b, h, basis.shape[0], c)
+
+
+def dct_2d(u: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
+    """2-D DCT-II of channels-last u (B, H, W, C): D_H u D_W^T per channel."""
+    return _along_h(_along_w(u, basis_w), basis_h)
+
+
+def idct_2d(spectrum: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
+    """Inverse of :func:`dct_2d` (the bases are orthonormal, so the inverse is the transpose)."""
+    return _along_h(_along_w(spectrum, basis_w.t()), basis_h.t())
+
+
+def heat_conduction(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Tensor) -> Tensor:
+    """Spread channels-last u (B, H, W, C) by heat conduction.
+
+    ``attenuation`` is decay ** k of shape (H, W, C); the result is IDCT2D(DCT2D(u) * attenuation).
+    With attenuation == 1 (k = 0) this is the identity up to rounding.
+    """
+    return idct_2d(dct_2d(u, basis_h, basis_w) * attenuation, basis_h, basis_w)
+
+
+def resize_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a (H, W, C) frequency embedding to ``size`` bicubically (align_corners=False).
+
+    The one resizing used everywhere: at any input size in the forward pass, when a checkpoint
+    of another resolution is loaded, and by ``interpolate4downstream.py --mode bicubic``.
+    Interpolation runs in float32 (bicubic is not implemented for every half type) and the result
+    keeps the input's dtype. A tensor already of that size is returned as it is.
+    """
+    if freq_embed.dim() != 3:
+        raise ValueError(f'freq_embed must be (H, W, C), got shape {tuple(freq_embed.shape)}')
+    size = (int(size[0]), int(size[1]))
+    if tuple(freq_embed.shape[:2]) == size:
+        return freq_embed
+    grid = freq_embed.permute(2, 0, 1).unsqueeze(0).float()
+    resized = F.interpolate(grid, size=size, mode='bicubic', align_corners=False)
+    return resized[0].permute(1, 2, 0).to(freq_embed.dtype)

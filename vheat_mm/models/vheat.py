@@ -1,0 +1,496 @@
+"""vHeat: vision backbone built on heat conduction (arXiv 2405.16555), in plain PyTorch.
+
+The network runs channels-last (B, H, W, C) from the stem to the last stage: linear layers and
+layer norms act on the contiguous last dimension, and convolutions see the same memory as an
+NCHW tensor in ``torch.channels_last`` format, so no layer needs a permute copy. Module names and
+parameter shapes follow the official implementation, so its checkpoints load with strict=True.
+
+Public builders: :class:`VHeat` (classifier) and :class:`VHeatFeatures` (multi-scale backbone).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from .heat import dct_basis, heat_conduction, heat_decay_map, resize_freq_embed
+
+__all__ = ['ARCH_SETTINGS', 'resolve_arch', 'VHeat', 'VHeatFeatures', 'HeatConductionOperator']
+
+ARCH_SETTINGS: dict[str, dict] = {
+    'tiny': dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, layer_scale=None),
+    'small': dict(depths=(2, 2, 18, 2), dims=96, post_norm=True, layer_scale=1e-5),
+    'base': dict(depths=(2, 2, 18, 2), dims=128, post_norm=True, layer_scale=1e-5),
+}
+_ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base'}
+_ARCH_KEYS = {'depths', 'dims', 'post_norm', 'layer_scale', 'mlp_ratio'}
+PATCH_SIZE = 4
+
+
+class Arch(NamedTuple):
+    """A resolved architecture: per-stage depths and widths, block form, MLP ratio."""
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    post_norm: bool
+    layer_scale: float | None
+    mlp_ratio: float
+
+
+def resolve_arch(arch: str | dict) -> Arch:
+    """Turn a name of :data:`ARCH_SETTINGS` (or its initial) or a dict into an :class:`Arch`.
+
+    A dict needs ``depths`` and ``dims`` (an int c means widths c, 2c, 4c, 8c...) and may set
+    ``post_norm`` (default False), ``layer_scale`` (default None) and ``mlp_ratio`` (default 4).
+    """
+    if isinstance(arch, str):
+        name = _ARCH_ALIASES.get(arch.lower(), arch.lower())
+        if name not in ARCH_SETTINGS:
+            raise ValueError(f'unknown vHeat arch {arch!r}; choose one of '
+                             f'{sorted(ARCH_SETTINGS)} (or their initials), or pass a dict '
+                             f'with keys {sorted(_ARCH_KEYS)}')
+        arch = ARCH_SETTINGS[name]
+    if not isinstance(arch, dict):
+        raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
+    unknown = set(arch) - _ARCH_KEYS
+    missing = {'depths', 'dims'} - set(arch)
+    if unknown or missing:
+        raise ValueError(f'arch dict: unknown keys {sorted(unknown)}, missing keys '
+                         f'{sorted(missing)}; allowed keys are {sorted(_ARCH_KEYS)}')
+    depths = tuple(int(d) for d in arch['depths'])
+    dims = arch['dims']
+    dims = tuple(int(dims * 2**i) for i in range(len(depths))) if isinstance(dims, int) \
+        else tuple(int(d) for d in dims)
+    if len(dims) != len(depths) or not depths or min(depths) < 1 or min(dims) < 1:
+        raise ValueError(f'arch needs one positive depth and width per stage, got depths='
+                         f'{depths}, dims={dims}')
+    layer_scale = arch.get('layer_scale')
+    return Arch(depths, dims, bool(arch.get('post_norm', False)),
+                None if layer_scale is None else float(layer_scale),
+                float(arch.get('mlp_ratio', 4.0)))
+
+
+def _nchw(x: Tensor) -> Tensor:
+    """NCHW view of a channels-last (B, H, W, C) tensor (memory format channels_last, no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+class ChannelsLast(nn.Module):
+    """NCHW -> (B, H, W, C) as a view; free for tensors in ``torch.channels_last`` format."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
+    """Stochastic depth: zero whole samples of a residual branch with probability drop_prob."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class Stem(nn.Sequential):
+    """Two stride-2 3x3 convolutions with LayerNorm (eps 1e-6) and GELU: (B, 3, H, W) -> (B, H/4, W/4, C).
+
+    Each norm sits at index 1 of a small sequential behind a free permute, as in the official
+    checkpoints (``patch_embed.norm1.1.weight``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(OrderedDict(
+            conv1=nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
+            norm1=nn.Sequential(ChannelsLast(), nn.LayerNorm(out_channels // 2, eps=1e-6)),
+            act=nn.GELU(),
+            conv2=nn.Conv2d(out_channels // 2, out_channels, 3, stride=2, padding=1),
+            norm2=nn.Sequential(ChannelsLast(), nn.LayerNorm(out_channels, eps=1e-6)),
+        ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.norm1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
+        return self.norm2(self.conv2(_nchw(x)))
+
+
+class Downsample(nn.Sequential):
+    """Stride-2 3x3 convolution without bias, then LayerNorm; channels-last in and out."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
+                         nn.LayerNorm(out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, norm = self
+        return norm(conv(_nchw(x)).permute(0, 2, 3, 1))
+
+
+class PointwiseLinear(nn.Module):
+    """A 1x1 convolution applied to channels-last input as a linear layer.
+
+    The weight keeps the convolution's (out, in, 1, 1) shape of the official checkpoints.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, 1, 1))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(in_features)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.flatten(1), self.bias)
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 on channels-last input."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = PointwiseLinear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = PointwiseLinear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TensorCache(nn.Module):
+    """Derived tensors kept as non-persistent buffers, keyed by name.
+
+    Buffers follow ``module.to()`` and stay out of the state dict. An entry whose device or dtype
+    no longer matches the request is rebuilt. At most ``max_entries`` are kept (oldest dropped).
+    """
+
+    def __init__(self, max_entries: int = 16):
+        super().__init__()
+        self.max_entries = max_entries
+
+    def get(self, key: str, build, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+        name = f'cache_{key}'
+        cached = self._buffers.get(name)
+        if cached is None or cached.device != device or cached.dtype != dtype:
+            while len(self._buffers) >= self.max_entries:
+                del self._buffers[next(iter(self._buffers))]
+            cached = build().to(device=device, dtype=dtype)
+            self.register_buffer(name, cached, persistent=False)
+        return cached
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def extra_repr(self) -> str:
+        return f'entries={list(self._buffers)}'
+
+
+class HeatContext(NamedTuple):
+    """What every block of a stage shares at one feature size (H, W)."""
+    basis_h: Tensor      # (H, H) DCT-II basis
+    basis_w: Tensor      # (W, W) DCT-II basis
+    decay: Tensor        # (H, W) exp(-((n pi/H)^2 + (m pi/W)^2))
+    freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
+
+
+class HeatConductionOperator(nn.Module):
+    """HCO: dwconv -> Linear(C, 2C) -> [u, z]; u <- IDCT(DCT(u) * decay^k); Linear(LN(u) * SiLU(z)).
+
+    k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
+    After :meth:`switch_to_deploy` the attenuation decay^k is folded per feature size on first
+    use and kept (the weights are frozen then).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.out_norm = nn.LayerNorm(dim)
+        self.out_linear = nn.Linear(dim, dim)
+        self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.deploy = False
+        self.folded = TensorCache()
+
+    def attenuation(self, ctx: HeatContext) -> Tensor:
+        """decay ** k, shape (H, W, C)."""
+        if not self.deploy:
+            return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
+        h, w = ctx.decay.shape
+        return self.folded.get(f'{h}x{w}', lambda: self.attenuation_for(ctx),
+                               device=ctx.decay.device, dtype=ctx.decay.dtype)
+
+    def attenuation_for(self, ctx: HeatContext) -> Tensor:
+        with torch.no_grad():
+            return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
+
+    def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
+        x = self.dwconv(_nchw(x)).permute(0, 2, 3, 1)
+        u, z = self.linear(x).chunk(2, dim=-1)
+        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx))
+        return self.out_linear(self.out_norm(u) * F.silu(z))
+
+
+class HeatBlock(nn.Module):
+    """Residual block: x + gamma1 * HCO branch, then x + gamma2 * MLP branch.
+
+    Pre-norm branches compute f(norm(x)); post-norm branches compute norm(f(x)).
+    ``gamma1``/``gamma2`` (layer scale) exist only when ``layer_scale`` is set.
+    """
+
+    def __init__(self, dim: int, *, mlp_ratio: float, post_norm: bool,
+                 layer_scale: float | None, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.op = HeatConductionOperator(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.post_norm = post_norm
+        self.drop_path = drop_path
+        if layer_scale is not None:
+            self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def _residual(self, x: Tensor, branch, norm: nn.LayerNorm, gamma: Tensor | None) -> Tensor:
+        y = norm(branch(x)) if self.post_norm else branch(norm(x))
+        if gamma is not None:
+            y = y * gamma
+        return x + drop_path(y, self.drop_path, self.training)
+
+    def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
+        x = self._residual(x, lambda t: self.op(t, ctx), self.norm1, self.gamma1)
+        return self._residual(x, self.mlp, self.norm2, self.gamma2)
+
+    def extra_repr(self) -> str:
+        return f'post_norm={self.post_norm}, drop_path={self.drop_path:.3f}'
+
+
+class HeatStage(nn.ModuleList):
+    """Blocks of one stage followed by the downsampling into the next (``nn.Identity`` last).
+
+    Indexed as in the official checkpoints: ``layers.i.j`` is block j, ``layers.i.depth`` the
+    downsampling. ``forward`` returns the stage output (before downsampling) and the next input.
+    """
+
+    def __init__(self, blocks: Sequence[HeatBlock], downsample: nn.Module):
+        super().__init__([*blocks, downsample])
+        self.with_cp = False
+
+    @property
+    def blocks(self) -> list[HeatBlock]:
+        return list(self)[:-1]
+
+    def forward(self, x: Tensor, ctx: HeatContext) -> tuple[Tensor, Tensor]:
+        for block in self.blocks:
+            if self.with_cp and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, ctx, use_reentrant=False)
+            else:
+                x = block(x, ctx)
+        return x, self[-1](x)
+
+
+class _VHeatTrunk(nn.Module):
+    """Stem, per-stage frequency embeddings and stages; shared by the classifier and backbone."""
+
+    def __init__(self, arch: str | dict, *, img_size: int, in_channels: int,
+                 drop_path_rate: float, with_cp: bool):
+        super().__init__()
+        self.arch = resolve_arch(arch)
+        if img_size % (PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)):
+            raise ValueError(f'img_size must be a multiple of '
+                             f'{PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)}, got {img_size}')
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+        self.img_size = img_size
+        self.in_channels = in_channels
+        depths, dims = self.arch.depths, self.arch.dims
+        self.num_stages = len(depths)
+
+        self.patch_embed = Stem(in_channels, dims[0])
+        res = [img_size // PATCH_SIZE // 2**i for i in range(self.num_stages)]
+        self.freq_embed = nn.ParameterList(
+            nn.Parameter(torch.zeros(r, r, d)) for r, d in zip(res, dims))
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            blocks = [HeatBlock(dim, mlp_ratio=self.arch.mlp_ratio, post_norm=self.arch.post_norm,
+                                layer_scale=self.arch.layer_scale,
+                                drop_path=rates[sum(depths[:i]) + j]) for j in range(depth)]
+            last = i == self.num_stages - 1
+            self.layers.append(HeatStage(blocks, nn.Identity() if last
+                                         else Downsample(dim, dims[i + 1])))
+        self.heat_cache = TensorCache(max_entries=32)
+        self.deploy = False
+        self.with_cp = with_cp
+
+    @property
+    def with_cp(self) -> bool:
+        """Gradient checkpointing of every block (saves memory, costs a second forward)."""
+        return self._with_cp
+
+    @with_cp.setter
+    def with_cp(self, value: bool) -> None:
+        self._with_cp = bool(value)
+        for stage in self.layers:
+            stage.with_cp = self._with_cp
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: linears and freq_embed trunc-normal (std .02), norms 1/0."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in self.freq_embed:
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'vHeat expects images of shape (B, {self.in_channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+
+    def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
+        """Bases, decay map and freq_embed of ``stage`` at feature size (height, width)."""
+        kw = dict(device=like.device, dtype=self.freq_embed[stage].dtype)
+        return HeatContext(
+            self.heat_cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
+            self.heat_cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
+            self.heat_cache.get(f'decay{height}x{width}',
+                                lambda: heat_decay_map(height, width), **kw),
+            resize_freq_embed(self.freq_embed[stage], (height, width)),
+        )
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Channels-last output of every stage, before its downsampling."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x))
+            outs.append(out)
+        return outs
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold decay^k into fixed tensors (the official ``infer_mode``) and freeze the weights.
+
+        The attenuation at the native resolution is folded now; any other feature size is
+        folded on first use, so the deploy form works at every input size.
+        """
+        for i, stage in enumerate(self.layers):
+            size = self.freq_embed[i].shape[:2]
+            ctx = self.heat_context(i, size[0], size[1], self.freq_embed[i])
+            for block in stage.blocks:
+                block.op.deploy = True
+                block.op.folded.clear()
+                block.op.attenuation(ctx)
+        self.requires_grad_(False)
+        self.deploy = True
+        self.eval()
+
+
+class VHeat(_VHeatTrunk):
+    """vHeat image classifier; ``VHeat(arch='tiny')`` is vHeat-T of the paper.
+
+    Args:
+        arch: 'tiny' | 'small' | 'base' (or 't' | 's' | 'b'), or a dict with ``depths``,
+            ``dims`` and optionally ``post_norm``, ``layer_scale``, ``mlp_ratio``.
+        img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
+            any size are accepted: freq_embed is resized bicubically to each stage's size.
+        in_channels: image channels.
+        num_classes: classifier outputs.
+        drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
+        with_cp: gradient checkpointing per block.
+    """
+
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
+                 num_classes: int = 1000, drop_path_rate: float = 0.0, with_cp: bool = False):
+        super().__init__(arch, img_size=img_size, in_channels=in_channels,
+                         drop_path_rate=drop_path_rate, with_cp=with_cp)
+        self.num_classes = num_classes
+        width = self.arch.dims[-1]
+        self.classifier = nn.Sequential(
+            nn.LayerNorm(width), GlobalAvgPool(), nn.Flatten(1), nn.Linear(width, num_classes))
+        self.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_stages(x)[-1])
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over H and W of a channels-last (B, H, W, C) tensor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(1, 2))
+
+
+class VHeatFeatures(_VHeatTrunk):
+    """vHeat multi-scale backbone: a tuple of NCHW features, one per index in ``out_indices``.
+
+    Each returned stage output (before its downsampling) passes through a LayerNorm named
+    ``outnorm{i}``, as in the official detection and segmentation backbones.
+
+    Args:
+        arch, img_size, in_channels, drop_path_rate, with_cp: as for :class:`VHeat`.
+        out_indices: stages whose outputs are returned.
+        frozen_stages: -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
+            0..i-1 (their blocks, downsampling, freq_embed and output norms). Frozen parts stay
+            in eval mode after ``train()``.
+    """
+
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
+                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, with_cp: bool = False):
+        super().__init__(arch, img_size=img_size, in_channels=in_channels,
+                         drop_path_rate=drop_path_rate, with_cp=with_cp)
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        out_indices = tuple(i + self.num_stages if i < 0 else i for i in out_indices)
+        if not out_indices or any(not 0 <= i < self.num_stages for i in out_indices):
+            raise ValueError(f'out_indices must be stage indices in [0, {self.num_stages}), '
+                             f'got {out_indices}')
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
+                             f'got {frozen_stages}')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        for i in out_indices:
+            self.add_module(f'outnorm{i}', nn.LayerNorm(self.arch.dims[i]))
+        self.reset_parameters()
+        self._freeze_stages()
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        frozen = [self.patch_embed]
+        for i in range(self.frozen_stages):
+            frozen.append(self.layers[i])
+            if i in self.out_indices:
+                frozen.append(getattr(self, f'outnorm{i}'))
+        return frozen
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            module.requires_grad_(False)
+        for i in range(max(self.frozen_stages, 0)):
+            self.freq_embed[i].requires_grad_(False)
+
+    def train(self, mode: bool = True) -> VHeatFeatures:
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        stages = self.forward_stages(x)
+        return tuple(
+            getattr(self, f'outnorm{i}')(stages[i]).permute(0, 3, 1, 2).contiguous()
+            for i in self.out_indices)
