@@ -33,21 +33,26 @@ class VHeatBackbone(VHeatFeatures):
         self.is_init = False
 
     def init_weights(self) -> None:
+        """Apply ``init_cfg``: other init types first, then ``Pretrained`` (as mmengine orders them)."""
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        for cfg in filter(None, cfgs):
-            cfg = dict(cfg)
-            if cfg.get('type') != 'Pretrained':
-                initialize(self, cfg)
-                continue
-            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
-            if unknown or 'checkpoint' not in cfg:
-                raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix and "
-                                 f"map_location; got {sorted(cfg)}")
-            report = load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-            for line in report.lines():
-                print_log(line, logger='current')
+        cfgs = [dict(cfg) for cfg in cfgs if cfg]
+        others = [cfg for cfg in cfgs if cfg.get('type') != 'Pretrained']
+        if others:
+            initialize(self, others)
+        for cfg in cfgs:
+            if cfg.get('type') == 'Pretrained':
+                self._load_pretrained(cfg)
         self._freeze_stages()
         self.is_init = True
+
+    def _load_pretrained(self, cfg: dict) -> None:
+        unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+        if unknown or 'checkpoint' not in cfg:
+            raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix and "
+                             f"map_location; got {sorted(cfg)}")
+        report = load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+        for line in report.lines():
+            print_log(line, logger='current')
 
 
 def build_official_backbone(default_img_size: int):

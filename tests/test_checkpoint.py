@@ -1,0 +1,106 @@
+"""Reading and converting checkpoints: layouts, prefixes, freq_embed resizing, clear errors."""
+import os
+
+import pytest
+import torch
+
+from conftest import MINI
+from vheat_mm.checkpoint import (CheckpointError, checkpoint_filter_fn, load_pretrained,
+                                 read_checkpoint)
+from vheat_mm.models import VHeat, VHeatFeatures
+from vheat_mm.models.heat import resize_freq_embed
+
+
+@pytest.fixture
+def classifier_state():
+    return VHeat(MINI, img_size=64, num_classes=5).state_dict()
+
+
+def layouts(state):
+    return {
+        'official': {'model': state, 'epoch': 3},
+        'mmengine': {'meta': {'epoch': 1}, 'state_dict': {f'backbone.{k}': v for k, v in state.items()}},
+        'mmengine_bare': {'state_dict': state},
+        'plain': state,
+        'ddp': {f'module.{k}': v for k, v in state.items()},
+    }
+
+
+@pytest.mark.parametrize('layout', ['official', 'mmengine', 'mmengine_bare', 'plain', 'ddp'])
+def test_every_layout_loads_with_freq_embed_resized(tmp_path, classifier_state, layout):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(layouts(classifier_state)[layout], path)
+    model = VHeatFeatures(MINI, img_size=96)
+    report = load_pretrained(model, path)
+    assert len(report.resized) == 4 and 'freq_embed.0 (16, 16, 8) -> (24, 24, 8)' in report.resized
+    assert report.unexpected == ['classifier.0.bias', 'classifier.0.weight', 'classifier.3.bias',
+                                 'classifier.3.weight']
+    assert report.missing == [f'outnorm{i}.{p}' for i in range(4) for p in ('bias', 'weight')]
+    own = model.state_dict()
+    torch.testing.assert_close(own['freq_embed.2'],
+                               resize_freq_embed(classifier_state['freq_embed.2'], (6, 6)))
+    torch.testing.assert_close(own['layers.2.1.op.to_k.0.weight'],
+                               classifier_state['layers.2.1.op.to_k.0.weight'])
+
+
+def test_prefix_selects_and_strips(tmp_path, classifier_state):
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': {f'model.encoder.{k}': v for k, v in classifier_state.items()}}, path)
+    model = VHeat(MINI, img_size=64, num_classes=5)
+    report = load_pretrained(model, path, prefix='model.encoder', strict=True)
+    assert not report.missing and not report.unexpected and not report.resized
+    with pytest.raises(CheckpointError, match="no key starts with 'decoder.'"):
+        load_pretrained(model, path, prefix='decoder')
+
+
+def test_filter_fn_is_pure(classifier_state):
+    before = {k: v.clone() for k, v in classifier_state.items()}
+    out = checkpoint_filter_fn(classifier_state, VHeat(MINI, img_size=128, num_classes=5))
+    assert out['freq_embed.0'].shape == (32, 32, 8)
+    assert all(torch.equal(before[k], classifier_state[k]) for k in before)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere.pth'):
+        load_pretrained(VHeat(MINI, img_size=64), tmp_path / 'nowhere.pth')
+
+
+def test_truncated_file_names_the_path(tmp_path, classifier_state):
+    path = tmp_path / 'cut.pth'
+    torch.save({'model': classifier_state}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r'cannot read checkpoint .*cut\.pth'):
+        read_checkpoint(path)
+
+
+def test_tensors_that_cannot_fit_are_named(tmp_path, classifier_state):
+    path = tmp_path / 'other.pth'
+    torch.save({'model': classifier_state}, path)
+    with pytest.raises(CheckpointError, match=r'classifier\.3\.weight: checkpoint \(5, 64\) vs '
+                                              r'model \(7, 64\)'):
+        load_pretrained(VHeat(MINI, img_size=64, num_classes=7), path)
+
+
+def test_unknown_layout_lists_keys(tmp_path):
+    path = tmp_path / 'odd.pth'
+    torch.save({'weights': [1, 2], 'step': 4}, path)
+    with pytest.raises(CheckpointError, match=r"no state dict found.*\['step', 'weights'\]"):
+        load_pretrained(VHeat(MINI, img_size=64), path)
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
+    marker = tmp_path / 'payload_ran'
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': classifier_state, 'extra': _Payload(str(marker))}, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=r'refusing to load .*evil\.pth'):
+        load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
+    assert not os.path.exists(marker)

@@ -1,0 +1,183 @@
+"""The toolbox adapters: registries, official config names, init_cfg loading, official features."""
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer, MMLogger
+
+import vheat_mm
+from conftest import DATA, MINI
+from vheat_mm.mm.backbone import VHeatBackbone
+from vheat_mm.models import VHeat
+
+NAMES = [('mmpretrain', 'vHeat'), ('mmdet', 'vHeat'), ('mmseg', 'vHeat'),
+         ('mmdet', 'MMDET_VHEAT'), ('mmseg', 'MMSEG_VHEAT')]
+OFFICIAL_KW = dict(depths=(1, 1, 2, 1), dims=8, post_norm=True, layer_scale=1e-5)
+
+
+def registry(toolbox):
+    return importlib.import_module(f'{toolbox}.registry').MODELS
+
+
+def config(name, **extra):
+    """A config dict for ``name``: our keywords for vHeat, the official ones otherwise."""
+    if name == 'vHeat':
+        arch = {k: v for k, v in OFFICIAL_KW.items()}
+        return dict(type=name, arch=arch, **extra)
+    return dict(type=name, **OFFICIAL_KW, **extra)
+
+
+def smooth_input(h, w):
+    """The deterministic input the downstream fixture was made with."""
+    y = torch.linspace(-1, 1, h)[:, None]
+    x = torch.linspace(-1, 1, w)[None, :]
+    chans = [torch.sin(3 * x + 2 * y + c) * torch.cos(5 * y - x * c) for c in range(3)]
+    return torch.stack(chans)[None].float()
+
+
+def test_import_registers_into_every_toolbox():
+    assert vheat_mm.REGISTERED_INTO == ('mmpretrain', 'mmdet', 'mmseg')
+
+
+@pytest.mark.parametrize('toolbox,name', NAMES)
+def test_registries_build_from_config(toolbox, name):
+    model = registry(toolbox).build(config(name, img_size=64, out_indices=(1, 3)))
+    assert isinstance(model, VHeatBackbone)
+    feats = model(torch.randn(1, 3, 96, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, 16, 12, 8), (1, 64, 3, 2)]
+
+
+@pytest.mark.parametrize('toolbox,name', [('mmdet', 'MMDET_VHEAT'), ('mmseg', 'MMSEG_VHEAT')])
+def test_official_keywords(toolbox, name, tmp_path):
+    model = registry(toolbox).build(dict(type=name, depths=(1, 1, 2, 1), dims=8, post_norm=False,
+                                         layer_scale=None, drop_path_rate=0.2, use_checkpoint=True,
+                                         out_indices=(0, 1, 2, 3), pretrained='some.pth'))
+    assert model.with_cp and model.init_cfg == dict(type='Pretrained', checkpoint='some.pth')
+    assert model.img_size == (224 if toolbox == 'mmdet' else 512)  # official defaults
+    assert model.layers[3][0].drop_path == pytest.approx(0.2)
+    with pytest.raises(TypeError, match='depth'):
+        registry(toolbox).build(dict(type=name, depth=(2, 2, 6, 2)))
+    with pytest.raises(ValueError, match='not both'):
+        registry(toolbox).build(dict(type=name, pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')))
+
+
+def test_unknown_keyword_is_an_error():
+    with pytest.raises(TypeError, match='drop_rate'):
+        registry('mmdet').build(dict(type='vHeat', arch='tiny', drop_rate=0.1))
+
+
+@pytest.fixture(scope='module')
+def downstream():
+    return torch.load(DATA / 'vheat_official_downstream.pt', weights_only=True)
+
+
+@pytest.mark.parametrize('toolbox,name', NAMES)
+def test_official_downstream_features(downstream, toolbox, name):
+    """Official downstream state dicts load strictly and give the official wrapper's features."""
+    cfg = downstream['config']
+    model = registry(toolbox).build(config(name, img_size=cfg['img_size'])).eval()
+    model.load_state_dict(downstream['state_dict'], strict=True)
+    for size, expected in downstream['features'].items():
+        h, w = map(int, size.split('x'))
+        with torch.no_grad():
+            feats = model(smooth_input(h, w))
+        assert len(feats) == len(expected) == 4
+        for got, ref in zip(feats, expected):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=f'{name} at {size}')
+
+
+def mmengine_checkpoint(state):
+    """What mmengine's runner writes: meta, message hub with HistoryBuffers and numpy values."""
+    hub = {'log_scalars': {'train/loss': HistoryBuffer([1.0, 0.5], [1, 1])},
+           'runtime_info': {'epoch': 1, 'iter': np.int64(10), 'lr': np.float64(1e-4),
+                            'arr': np.arange(3)}}
+    return {'meta': {'epoch': 1, 'iter': 10, 'seed': 0}, 'message_hub': hub,
+            'state_dict': {f'backbone.{k}': v for k, v in state.items()},
+            'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-4, 'params': [0]}]}}
+
+
+@pytest.mark.parametrize('layout', ['official', 'mmengine', 'plain'])
+def test_init_cfg_forms_load_with_resize_logged(tmp_path, layout):
+    source = VHeat(MINI, img_size=64, num_classes=5)
+    state = source.state_dict()
+    ckpt = {'official': {'model': state}, 'mmengine': mmengine_checkpoint(state),
+            'plain': state}[layout]
+    path = tmp_path / f'{layout}.pth'
+    torch.save(ckpt, path)
+    log_file = tmp_path / 'log.txt'
+    MMLogger.get_instance(f'vheat_test_{layout}', log_file=str(log_file))
+    model = registry('mmdet').build(dict(type='vHeat', arch=MINI, img_size=96,
+                                         init_cfg=dict(type='Pretrained', checkpoint=str(path))))
+    model.init_weights()
+    log = log_file.read_text()
+    assert 'freq_embed.0 (16, 16, 8) -> (24, 24, 8)' in log
+    assert 'ignored (4): classifier.0.bias' in log
+    assert 'left as initialised (8): outnorm0.bias' in log
+    torch.testing.assert_close(model.state_dict()['layers.1.0.op.linear.weight'],
+                               state['layers.1.0.op.linear.weight'])
+
+
+def test_init_cfg_with_prefix_and_other_init_types(tmp_path):
+    path = tmp_path / 'det.pth'
+    state = VHeat(MINI, img_size=64).state_dict()
+    torch.save({'state_dict': {f'encoder.{k}': v for k, v in state.items()}}, path)
+    model = registry('mmseg').build(dict(
+        type='vHeat', arch=MINI, img_size=64,
+        init_cfg=[dict(type='Constant', layer='LayerNorm', val=2.0, bias=0.0),
+                  dict(type='Pretrained', checkpoint=str(path), prefix='encoder')]))
+    model.init_weights()
+    torch.testing.assert_close(model.layers[0][0].norm1.weight, state['layers.0.0.norm1.weight'])
+    assert torch.all(model.outnorm0.weight == 2.0)  # Constant init, not in the checkpoint
+
+
+def test_init_cfg_missing_checkpoint_names_path(tmp_path):
+    model = registry('mmdet').build(dict(type='vHeat', arch=MINI, img_size=64, init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'absent.pth'))))
+    with pytest.raises(FileNotFoundError, match='absent.pth'):
+        model.init_weights()
+
+
+def test_mmengine_checkpoint_types_are_allowlisted_not_unsafe(tmp_path):
+    """torch.load keeps weights_only=True: mmengine's types load, anything else is refused."""
+    path = tmp_path / 'runner.pth'
+    torch.save(mmengine_checkpoint({'w': torch.ones(2)}), path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded['message_hub']['log_scalars']['train/loss'].current() == 0.5
+    torch.save({'bad': Path('/tmp')}, tmp_path / 'bad.pth')
+    with pytest.raises(Exception, match='weights_only|Unsupported global'):
+        torch.load(tmp_path / 'bad.pth', weights_only=True)
+
+
+class _GetattrPayload:
+    def __reduce__(self):
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+def test_allowlisted_getattr_only_reaches_history_buffer_methods(tmp_path):
+    path = tmp_path / 'getattr.pth'
+    torch.save({'x': _GetattrPayload()}, path)
+    with pytest.raises(Exception, match='only public HistoryBuffer methods are allowed'):
+        torch.load(path, weights_only=True)
+
+
+def test_backbone_initialises_inside_a_detector(tmp_path):
+    """mmengine's init_weights reaches the backbone and loads its Pretrained checkpoint."""
+    from mmdet.models.detectors import MaskRCNN  # noqa: F401  (registers the detector)
+    from mmengine.config import Config
+
+    path = tmp_path / 'cls.pth'
+    state = VHeat(MINI, img_size=64).state_dict()
+    torch.save({'model': state}, path)
+    cfg_file = tmp_path / 'cfg.py'
+    cfg_file.write_text("_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'\n"
+                        "custom_imports = dict(imports=['vheat_mm'])\n")
+    cfg = Config.fromfile(str(cfg_file))
+    cfg.model.backbone = dict(type='vHeat', arch=MINI, img_size=96,
+                              init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    cfg.model.neck.in_channels = [8, 16, 32, 64]
+    detector = registry('mmdet').build(cfg.model)
+    detector.init_weights()
+    torch.testing.assert_close(detector.backbone.layers[2][1].op.to_k[0].weight,
+                               state['layers.2.1.op.to_k.0.weight'])

@@ -1,0 +1,48 @@
+"""Let ``torch.load(weights_only=True)`` read mmengine's own checkpoints, type by type.
+
+torch >= 2.6 loads with ``weights_only=True`` by default and refuses any pickled global that is
+not allowlisted. Checkpoints written by mmengine's runner hold, besides tensors, its
+``HistoryBuffer`` (the message hub's logged scalars) and numpy arrays and scalars. Those types
+(and no others) are added to torch's allowlist, so resuming and ``init_cfg`` loading work while
+the safety stays on: a checkpoint holding anything else is still refused.
+
+A HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``. Rather
+than allowing ``builtins.getattr`` itself, the allowlist maps that global to
+:func:`history_buffer_method`, which resolves only public methods of HistoryBuffer.
+"""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct, scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct, scalar
+
+_NUMPY_SCALAR_TYPES = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                       np.uint8, np.bool_)
+
+
+def history_buffer_method(owner: type, name: str):
+    """``getattr`` as mmengine checkpoints use it, and nothing more: a public HistoryBuffer method."""
+    if owner is HistoryBuffer and not name.startswith('_') and callable(
+            HistoryBuffer.__dict__.get(name)):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'checkpoint asks for getattr({getattr(owner, "__name__", owner)!r}, {name!r}); only '
+        f'public HistoryBuffer methods are allowed')
+
+
+def mmengine_checkpoint_types() -> list:
+    """The globals that mmengine's checkpoints pickle, beside what torch allows already."""
+    dtype_classes = [type(np.dtype(t)) for t in _NUMPY_SCALAR_TYPES]
+    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtype_classes,
+            (history_buffer_method, 'builtins.getattr')]
+
+
+def allow_mmengine_checkpoints() -> None:
+    torch.serialization.add_safe_globals(mmengine_checkpoint_types())
