@@ -181,3 +181,13 @@ def test_backbone_initialises_inside_a_detector(tmp_path):
     detector.init_weights()
     torch.testing.assert_close(detector.backbone.layers[2][1].op.to_k[0].weight,
                                state['layers.2.1.op.to_k.0.weight'])
+
+
+def test_a_name_taken_by_another_package_is_left_with_a_warning(monkeypatch):
+    class Other(torch.nn.Module):
+        pass
+
+    monkeypatch.setitem(registry('mmdet')._module_dict, 'MMDET_VHEAT', Other)
+    with pytest.warns(UserWarning, match="mmdet already has a model named 'MMDET_VHEAT'"):
+        assert vheat_mm.register_all() == ('mmpretrain', 'mmdet', 'mmseg')
+    assert registry('mmdet').get('MMDET_VHEAT') is Other

@@ -11,5 +11,5 @@ from .version import __version__
 
 REGISTERED_INTO = register_all()
 
-__all__ = ['ARCH_SETTINGS', 'CheckpointError', 'REGISTERED_INTO', 'VHeat', 'VHeatFeatures',
+__all__ = ['ARCH_SETTINGS', 'CheckpointError', 'REGISTERED_INTO', 'VHeat', 'VHeatFeatures', 'register_all',
            'load_pretrained', '__version__']

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 
 REGISTRY_MODULES = {'mmpretrain': 'mmpretrain.registry', 'mmdet': 'mmdet.registry',
                     'mmseg': 'mmseg.registry'}
@@ -35,7 +36,11 @@ def register_all() -> tuple[str, ...]:
             name, img_size = OFFICIAL_NAMES[toolbox]
             entries[name] = build_official_backbone(img_size)
         for name, obj in entries.items():
-            if name not in models.module_dict:
+            taken = models.module_dict.get(name)
+            if taken is None:
                 models.register_module(name=name, module=obj)
+            elif not getattr(taken, '__module__', '').startswith('vheat_mm'):
+                warnings.warn(f'{toolbox} already has a model named {name!r} (from '
+                              f'{taken.__module__}); vheat_mm left it in place')
         done.append(toolbox)
     return tuple(done)
