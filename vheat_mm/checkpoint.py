@@ -3,28 +3,41 @@
 Three layouts are recognised: the official one (``{'model': state_dict, ...}``, also
 ``model_ema``), mmengine's (``{'state_dict': ..., 'meta': ...}``, keys with or without a
 ``backbone.`` prefix) and a bare state dict. Files are always read with ``weights_only=True``.
+
+:func:`convert_freq_embeds` prepares a classification checkpoint for a larger downstream
+resolution (what ``interpolate4downstream.py`` does) and :func:`write_checkpoint` saves
+atomically.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
 import re
+import uuid
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models.heat import resize_freq_embed
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'find_state_dict', 'select_prefix',
-           'checkpoint_filter_fn', 'load_pretrained', 'LoadReport']
+           'checkpoint_filter_fn', 'load_pretrained', 'LoadReport', 'FreqEmbedKey',
+           'check_downstream_sizes', 'find_freq_embeds', 'convert_freq_embeds',
+           'write_checkpoint', 'CONVERSION_MODES', 'FREQ_EMBED_ENTRIES']
 
 logger = logging.getLogger(__name__)
 
 STATE_DICT_ENTRIES = ('state_dict', 'model', 'model_ema', 'module')
 _FREQ_EMBED = re.compile(r'^freq_embed\.(\d+)$')
+FREQ_EMBED_ENTRIES = ('model', 'model_ema', 'state_dict')
+_ENTRY_FREQ_EMBED = re.compile(r'^(?:backbone\.)?freq_embed\.(\d+)$')
+CONVERSION_MODES = ('pad', 'bicubic')
+_SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is an integer
 
 
 class CheckpointError(ValueError):
@@ -150,3 +163,109 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     for line in report.lines():
         logger.info(line)
     return report
+
+
+class FreqEmbedKey(NamedTuple):
+    """Where a freq_embed sits in a checkpoint: ``checkpoint[entry][key]``, of stage ``stage``."""
+    entry: str
+    key: str
+    stage: int
+
+
+def check_downstream_sizes(pt_size: int, tg_size: int) -> None:
+    """Raise :class:`ValueError` unless both sizes are positive multiples of 32 and tg >= pt."""
+    bad = [f'{name}={size}' for name, size in (('pt_size', pt_size), ('tg_size', tg_size))
+           if size <= 0 or size % _SIZE_MULTIPLE]
+    if bad:
+        raise ValueError(f'image sizes must be positive multiples of {_SIZE_MULTIPLE} (the '
+                         f'stride of the last stage), got {", ".join(bad)}')
+    if tg_size < pt_size:
+        raise ValueError(f'tg_size ({tg_size}) is smaller than pt_size ({pt_size}): the '
+                         f'conversion only enlarges freq_embed')
+
+
+def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
+    """Every ``[backbone.]freq_embed.{i}`` in the entries ``model``, ``model_ema``, ``state_dict``.
+
+    Raises :class:`CheckpointError` listing the top-level keys when none of those entries is
+    present, or listing an entry's keys when that entry holds no freq_embed.
+    """
+    entries = [name for name in FREQ_EMBED_ENTRIES if isinstance(checkpoint.get(name), Mapping)]
+    if not entries:
+        raise CheckpointError(
+            f'unknown checkpoint layout: expected an official entry (model, model_ema) or an '
+            f"mmengine entry (state_dict), found top-level keys {sorted(map(str, checkpoint))}")
+    found = []
+    for entry in entries:
+        keys = [FreqEmbedKey(entry, key, int(match.group(1))) for key in checkpoint[entry]
+                if (match := _ENTRY_FREQ_EMBED.match(str(key)))]
+        if not keys:
+            names = sorted(map(str, checkpoint[entry]))
+            shown = ', '.join(names[:20]) + (f', ... ({len(names)} keys)' if len(names) > 20
+                                             else '')
+            raise CheckpointError(f'no freq_embed in the checkpoint entry {entry!r} (is it a '
+                                  f'vHeat checkpoint?); keys found: {shown or "none"}')
+        found.extend(sorted(keys, key=lambda k: (k.stage, k.key)))
+    return found
+
+
+def _pad_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero-pad a (H, W, C) freq_embed at the bottom and right to ``size`` (the official way)."""
+    pad_h, pad_w = size[0] - freq_embed.shape[0], size[1] - freq_embed.shape[1]
+    padded = F.pad(freq_embed.permute(2, 0, 1), (0, pad_w, 0, pad_h), mode='constant', value=0)
+    return padded.permute(1, 2, 0).contiguous()
+
+
+def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
+                        mode: str = 'pad') -> dict:
+    """A copy of ``checkpoint`` with each freq_embed enlarged from ``pt_size`` to ``tg_size``.
+
+    Stage i's freq_embed is (s, s, C) with s = size / 4 / 2^i. ``mode='pad'`` zero-pads it at
+    the bottom and right, as the official ``interpolate4downstream.py`` does; ``mode='bicubic'``
+    resizes it with :func:`~vheat_mm.models.heat.resize_freq_embed`. Every other entry and key is
+    kept as it is (the same objects); the input is left untouched.
+    """
+    if mode not in CONVERSION_MODES:
+        raise ValueError(f'unknown mode {mode!r}; choose one of {list(CONVERSION_MODES)}')
+    check_downstream_sizes(pt_size, tg_size)
+    found = find_freq_embeds(checkpoint)
+    converted = dict(checkpoint)
+    for entry in dict.fromkeys(k.entry for k in found):
+        converted[entry] = copy.copy(checkpoint[entry])  # keeps OrderedDict and its _metadata
+    for entry, key, stage in found:
+        value = checkpoint[entry][key]
+        expected = pt_size // 4 // 2**stage
+        if not isinstance(value, Tensor) or value.dim() != 3 \
+                or tuple(value.shape[:2]) != (expected, expected):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise CheckpointError(
+                f'{entry}[{key!r}] has shape {shape}, but pt_size={pt_size} gives stage {stage} '
+                f'a ({expected}, {expected}, C) freq_embed; is pt_size the resolution the '
+                f'checkpoint was trained at?')
+        target = (tg_size // 4 // 2**stage,) * 2
+        converted[entry][key] = (_pad_freq_embed(value, target) if mode == 'pad'
+                                 else resize_freq_embed(value, target))
+    return converted
+
+
+def write_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The rename is atomic, so ``path`` never holds a partial file; on failure the temporary file
+    is removed. The directory must exist. The file gets the usual permissions (umask applies).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f'the directory of {path} does not exist')
+    tmp = os.path.join(directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp')
+    try:
+        with open(tmp, 'xb') as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,223 @@
+"""interpolate4downstream.py and vheat_mm.checkpoint.convert_freq_embeds.
+
+The expected padding is computed here from its definition (the official tool's): stage i's
+(s, s, C) freq_embed is zero-padded at the bottom and right by n = (tg - pt) // 2**(i + 2).
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import MINI
+from vheat_mm import load_pretrained
+from vheat_mm.checkpoint import convert_freq_embeds, write_checkpoint
+from vheat_mm.models import VHeat, VHeatFeatures
+from vheat_mm.models.heat import resize_freq_embed
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'interpolate4downstream.py'
+PT, TG = 64, 128
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location('interpolate4downstream', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script()
+
+
+def documented_pad(freq_embed, stage, pt=PT, tg=TG):
+    n = (tg - pt) // 2**(stage + 2)
+    return F.pad(freq_embed.permute(2, 0, 1), (0, n, 0, n), 'constant', 0).permute(1, 2, 0)
+
+
+@pytest.fixture(scope='module')
+def states():
+    torch.manual_seed(1)
+    first = VHeat(MINI, img_size=PT, num_classes=5).state_dict()
+    second = VHeat(MINI, img_size=PT, num_classes=5).state_dict()
+    return first, second
+
+
+def layouts(states):
+    model, ema = states
+    return {
+        'official': ({'model': model, 'epoch': 3}, {'model': ''}),
+        'official_ema': ({'model': model, 'model_ema': ema, 'max_accuracy': 80.5},
+                         {'model': '', 'model_ema': ''}),
+        'mmengine': ({'meta': {'epoch': 1}, 'state_dict': {f'backbone.{k}': v
+                                                          for k, v in model.items()}},
+                     {'state_dict': 'backbone.'}),
+        'mmengine_bare': ({'state_dict': model, 'meta': {'iter': 7}}, {'state_dict': ''}),
+    }
+
+
+def run(*args):
+    script.main([str(a) for a in args])
+
+
+def save(tmp_path, checkpoint, name='pt.pth'):
+    path = tmp_path / name
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize('layout', ['official', 'official_ema', 'mmengine', 'mmengine_bare'])
+def test_pad_is_the_documented_padding_in_every_layout(tmp_path, states, layout, capsys):
+    checkpoint, entries = layouts(states)[layout]
+    src, dst = save(tmp_path, checkpoint), tmp_path / 'tg.pth'
+    run('--pt_pth', src, '--pt_size', PT, '--tg_pth', dst, '--tg_size', TG)
+    out = torch.load(dst, weights_only=True)
+    assert sorted(out) == sorted(checkpoint)
+    for key in set(checkpoint) - set(entries):
+        assert out[key] == checkpoint[key]
+    for entry, prefix in entries.items():
+        assert list(out[entry]) == list(checkpoint[entry])
+        for key, value in checkpoint[entry].items():
+            stage = int(key[-1]) if key.startswith(f'{prefix}freq_embed.') else None
+            expected = value if stage is None else documented_pad(value, stage)
+            assert out[entry][key].dtype == value.dtype
+            assert torch.equal(out[entry][key], expected), key
+        assert out[entry][f'{prefix}freq_embed.3'].shape == (4, 4, 64)
+    printed = capsys.readouterr().out
+    assert 'Shape before interpolation: torch.Size([16, 16, 8])' in printed
+    assert 'Shape after interpolation (pad): torch.Size([32, 32, 8])' in printed
+    assert printed.count('Layer ') == 4 * len(entries)
+
+
+def test_bicubic_is_resize_freq_embed(tmp_path, states):
+    model, _ = states
+    src, dst = save(tmp_path, {'model': model}), tmp_path / 'tg.pth'
+    run('--pt_pth', src, '--pt_size', PT, '--tg_pth', dst, '--tg_size', 96, '--mode', 'bicubic')
+    out = torch.load(dst, weights_only=True)['model']
+    for stage in range(4):
+        size = 96 // 4 // 2**stage
+        expected = resize_freq_embed(model[f'freq_embed.{stage}'], (size, size))
+        assert torch.equal(out[f'freq_embed.{stage}'], expected)
+        assert not torch.equal(out[f'freq_embed.{stage}'][:4, :4],
+                               documented_pad(model[f'freq_embed.{stage}'], stage, tg=96)[:4, :4])
+
+
+def test_input_file_and_dict_are_left_unchanged(tmp_path, states):
+    model, _ = states
+    src = save(tmp_path, {'model': model, 'epoch': 3})
+    before = src.read_bytes()
+    run('--pt_pth', src, '--pt_size', PT, '--tg_pth', tmp_path / 'tg.pth', '--tg_size', TG)
+    assert src.read_bytes() == before
+    checkpoint = {'model': dict(model)}
+    converted = convert_freq_embeds(checkpoint, pt_size=PT, tg_size=TG)
+    assert checkpoint['model']['freq_embed.0'] is model['freq_embed.0']
+    assert converted['model']['freq_embed.0'].shape == (32, 32, 8)
+    assert converted['model']['layers.0.0.norm1.weight'] is model['layers.0.0.norm1.weight']
+
+
+def test_equal_sizes_change_nothing(tmp_path, states):
+    model, _ = states
+    converted = convert_freq_embeds({'model': model}, pt_size=PT, tg_size=PT)
+    assert all(torch.equal(converted['model'][k], v) for k, v in model.items())
+
+
+def test_refuses_to_write_over_its_input(tmp_path, states):
+    src = save(tmp_path, {'model': states[0]})
+    before = src.read_bytes()
+    link, hard = tmp_path / 'link.pth', tmp_path / 'hard.pth'
+    link.symlink_to(src)
+    os.link(src, hard)
+    for target in (src, link, hard, os.path.join(tmp_path, '.', 'pt.pth')):
+        with pytest.raises(SystemExit, match='is the input checkpoint itself'):
+            run('--pt_pth', src, '--pt_size', PT, '--tg_pth', target, '--tg_size', TG)
+    assert src.read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path, states, monkeypatch):
+    target = tmp_path / 'tg.pth'
+    target.write_bytes(b'previous')
+
+    def broken_save(obj, file):
+        file.write(b'partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        write_checkpoint({'model': states[0]}, target)
+    assert target.read_bytes() == b'previous'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['tg.pth']
+
+
+def _unsafe(path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ('true',))
+
+    torch.save({'model': {'freq_embed.0': torch.zeros(1)}, 'x': Payload()}, path)
+
+
+@pytest.mark.parametrize('case, message', [
+    ('pt_not_32', 'positive multiples of 32 (the stride of the last stage), got pt_size=100'),
+    ('tg_not_32', 'got tg_size=500'),
+    ('tg_smaller', 'tg_size (32) is smaller than pt_size (64)'),
+    ('no_freq_embed', "no freq_embed in the checkpoint entry 'model' (is it a vHeat checkpoint?); "
+                      'keys found: a.weight, b.bias'),
+    ('unknown_layout', "found top-level keys ['epoch', 'weights']"),
+    ('wrong_pt_size', "model['freq_embed.0'] has shape (16, 16, 8), but pt_size=96 gives stage 0 "
+                      'a (24, 24, C) freq_embed'),
+    ('corrupt', 'cannot read checkpoint'),
+    ('unsafe', 'refusing to load'),
+    ('missing', 'checkpoint not found'),
+])
+def test_bad_inputs_exit_with_a_clear_message(tmp_path, states, case, message):
+    src, dst = tmp_path / 'pt.pth', tmp_path / 'tg.pth'
+    pt, tg = PT, TG
+    if case in ('pt_not_32', 'tg_not_32', 'tg_smaller', 'wrong_pt_size', 'corrupt'):
+        torch.save({'model': states[0]}, src)
+        pt, tg = {'pt_not_32': (100, 128), 'tg_not_32': (64, 500), 'tg_smaller': (64, 32),
+                  'wrong_pt_size': (96, 128)}.get(case, (pt, tg))
+        if case == 'corrupt':
+            src.write_bytes(src.read_bytes()[:1000])
+    elif case == 'no_freq_embed':
+        torch.save({'model': {'a.weight': torch.ones(1), 'b.bias': torch.ones(1)}}, src)
+    elif case == 'unknown_layout':
+        torch.save({'weights': states[0], 'epoch': 1}, src)
+    elif case == 'unsafe':
+        _unsafe(src)
+    with pytest.raises(SystemExit) as exit_info:
+        run('--pt_pth', src, '--pt_size', pt, '--tg_pth', dst, '--tg_size', tg)
+    assert exit_info.value.code != 0
+    assert message in str(exit_info.value.code)
+    assert str(exit_info.value.code).startswith('interpolate4downstream.py: error: ')
+    assert not dst.exists()
+
+
+def test_padded_checkpoint_loads_into_the_target_size_without_resizing(tmp_path, states):
+    src, dst = save(tmp_path, {'model': states[0]}), tmp_path / 'tg.pth'
+    run('--pt_pth', src, '--pt_size', PT, '--tg_pth', dst, '--tg_size', TG)
+    model = VHeatFeatures(MINI, img_size=TG)
+    report = load_pretrained(model, dst)
+    assert report.resized == []
+    assert report.missing == [f'outnorm{i}.{p}' for i in range(4) for p in ('bias', 'weight')]
+    for stage in range(4):
+        assert torch.equal(model.state_dict()[f'freq_embed.{stage}'],
+                           documented_pad(states[0][f'freq_embed.{stage}'], stage))
+
+
+def test_command_line(tmp_path, states):
+    src, dst = save(tmp_path, {'model': states[0]}), tmp_path / 'tg.pth'
+    ok = subprocess.run([sys.executable, str(SCRIPT), '--pt_pth', str(src), '--pt_size', str(PT),
+                         '--tg_pth', str(dst), '--tg_size', str(TG)],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert f'Finished! Saved to {dst}.' in ok.stdout and dst.is_file()
+    bad = subprocess.run([sys.executable, str(SCRIPT), '--pt_pth', str(src), '--pt_size', '60',
+                          '--tg_pth', str(tmp_path / 'x.pth')],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert 'interpolate4downstream.py: error: image sizes must be positive multiples of 32' \
+        in bad.stderr

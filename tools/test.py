@@ -1,0 +1,57 @@
+"""Test (and evaluate) with mmdet, mmseg or mmpretrain (the config's ``default_scope`` picks it).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR]
+        [--tta] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+
+``--out``: mmdet and mmpretrain dump predictions to a .pkl file, mmseg writes them to a
+directory. ``--show-dir``: painted predictions. ``--tta``: test-time augmentation with the
+config's ``tta_model`` / ``tta_pipeline`` (mmdet and mmpretrain have defaults, mmseg has none).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
+from vheat_mm.mm import runner as shared
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test a model with mmdet, mmseg or mmpretrain')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', help='mmdet / mmpretrain: .pkl file for the predictions; '
+                                      'mmseg: directory for the predicted maps')
+    parser.add_argument('--show-dir', help='directory for painted predictions')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    shared.add_launch_arguments(parser)
+    args = parser.parse_args()
+    shared.export_local_rank(args)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        cfg, toolbox = shared.load_config(args.config, work_dir=args.work_dir,
+                                          cfg_options=args.cfg_options, launcher=args.launcher)
+        if args.show_dir:
+            shared.enable_visualization(cfg, toolbox=toolbox, show_dir=args.show_dir)
+        if args.tta:
+            shared.enable_tta(cfg, toolbox=toolbox)
+        if args.out is not None:
+            shared.set_test_output(cfg, toolbox=toolbox, out=args.out)
+    except shared.ToolConfigError as err:
+        sys.exit(f'test.py: error: {err}')
+    cfg.load_from = args.checkpoint
+    shared.set_dataloader_defaults(cfg, toolbox=toolbox, fields=('test_dataloader',),
+                                   persistent_workers=False)
+    runner = shared.build_runner(cfg, toolbox=toolbox)
+    if args.out is not None:
+        shared.attach_dump_metric(runner, toolbox=toolbox, out=args.out)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
+    shared.close_distributed()  # after main() released the runner

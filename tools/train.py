@@ -1,0 +1,59 @@
+"""Train with mmdet, mmseg or mmpretrain (the config's ``default_scope`` picks the toolbox).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+        [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+
+Several processes: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``. Runs
+on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.runner`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
+from vheat_mm.mm import runner as shared
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a model with mmdet, mmseg or mmpretrain')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from this checkpoint; without a value, from the latest '
+                             'checkpoint in the work directory')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by the actual batch size')
+    shared.add_launch_arguments(parser)
+    args = parser.parse_args()
+    if args.amp and not torch.cuda.is_available():
+        parser.error('--amp needs CUDA (mmengine\'s AmpOptimWrapper does not run on CPU)')
+    shared.export_local_rank(args)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        cfg, toolbox = shared.load_config(args.config, work_dir=args.work_dir,
+                                          cfg_options=args.cfg_options, launcher=args.launcher)
+        if args.amp:
+            shared.enable_amp(cfg)
+        if args.auto_scale_lr:
+            shared.enable_auto_scale_lr(cfg)
+    except shared.ToolConfigError as err:
+        sys.exit(f'train.py: error: {err}')
+    shared.set_resume(cfg, resume=args.resume)
+    shared.set_dataloader_defaults(
+        cfg, toolbox=toolbox, fields=('train_dataloader', 'val_dataloader', 'test_dataloader'),
+        persistent_workers=True)
+    runner = shared.build_runner(cfg, toolbox=toolbox)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
+    shared.close_distributed()  # after main() released the runner

@@ -1,0 +1,384 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: one pair of tools for three toolboxes.
+
+The toolbox is the config's ``default_scope``. Each step follows that toolbox's own
+``tools/train.py`` / ``tools/test.py`` (work_dir, ``--resume``, ``--amp``, ``--tta``,
+``--show-dir``, ``--out``); where they differ, the differences are kept per toolbox here.
+
+Without CUDA, :func:`adapt_to_cpu` rewrites the config so that training and testing run on CPU,
+also with several processes: BN instead of SyncBN and, for several processes, the ``gloo``
+backend instead of ``nccl`` and DDP without ``device_ids``. :func:`build_runner` applies it
+and, for a distributed launch, initialises the process group with mmengine's own launcher code
+(see :func:`init_distributed_without_cuda`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import importlib
+import importlib.util
+import logging
+import os
+import os.path as osp
+from typing import Iterator, Sequence
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.dist import init_dist, is_distributed
+from mmengine.logging import print_log
+from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import Runner
+from mmengine.utils.dl_utils import set_multi_processing
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ['ToolConfigError', 'TOOLBOXES', 'LAUNCHERS', 'add_launch_arguments',
+           'export_local_rank', 'load_config', 'select_toolbox', 'enable_amp',
+           'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
+           'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
+           'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'adapt_to_cpu',
+           'init_distributed_without_cuda', 'build_runner', 'close_distributed']
+
+TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+GPU_ONLY_BACKENDS = ('nccl',)
+
+
+class ToolConfigError(ValueError):
+    """A config or command line that the tools cannot use; the message says why."""
+
+
+def _log(message: str, level: int = logging.INFO) -> None:
+    print_log(message, logger='current', level=level)
+
+
+# ----------------------------------------------------------------------------- command line
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank`` / ``--local-rank``."""
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints (default: '
+                        './work_dirs/<config name>, unless the config sets work_dir)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (lists as key="[a,b]")')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def export_local_rank(args: argparse.Namespace) -> None:
+    """Set ``LOCAL_RANK`` from ``--local_rank`` unless the launcher set it (as the toolboxes do)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+
+
+# ----------------------------------------------------------------------------- config
+def select_toolbox(cfg: Config) -> str:
+    """The toolbox named by the config's ``default_scope``; an error names the choices."""
+    scope = cfg.get('default_scope')
+    if scope not in TOOLBOXES:
+        raise ToolConfigError(f'the config must set default_scope to one of '
+                              f'{list(TOOLBOXES)} to choose the toolbox; it is {scope!r}')
+    if importlib.util.find_spec(scope) is None:
+        raise ToolConfigError(f'the config is for {scope} (default_scope), which is not '
+                              f'installed')
+    return scope
+
+
+def load_config(path: str, *, work_dir: str | None, cfg_options: dict | None,
+                launcher: str) -> tuple[Config, str]:
+    """Read a config, merge ``--cfg-options``, set launcher and work_dir; return it and its toolbox.
+
+    work_dir: the command line's, else the config's, else ``./work_dirs/<config name>``.
+    """
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg, select_toolbox(cfg)
+
+
+def enable_amp(cfg: Config) -> None:
+    """Mixed precision: ``AmpOptimWrapper`` with a dynamic loss scale (``--amp``)."""
+    wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper_type == 'AmpOptimWrapper':
+        _log('AMP training is already enabled in the config.', logging.WARNING)
+        return
+    if wrapper_type != 'OptimWrapper':
+        raise ToolConfigError(f'--amp needs optim_wrapper type OptimWrapper, the config has '
+                              f'{wrapper_type!r}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    """Scale the learning rate by the batch size (``--auto-scale-lr``, checked as mmdet does)."""
+    auto_scale_lr = cfg.get('auto_scale_lr') or {}
+    if 'enable' not in auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
+        raise ToolConfigError('--auto-scale-lr needs auto_scale_lr = dict(enable=..., '
+                              'base_batch_size=...) in the config')
+    cfg.auto_scale_lr.enable = True
+
+
+def set_resume(cfg: Config, *, resume: str | None) -> None:
+    """``resume='auto'``: the latest checkpoint in work_dir; a path: that checkpoint; None: no."""
+    if resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume is not None:
+        cfg.resume = True
+        cfg.load_from = resume
+
+
+def set_dataloader_defaults(cfg: Config, *, toolbox: str, fields: Sequence[str],
+                            persistent_workers: bool) -> None:
+    """mmpretrain's tools give its dataloaders ``default_collate`` and memory pinning defaults.
+
+    As in mmpretrain's tools, config values win. Two guards are added: memory is pinned only
+    when CUDA is there, and ``persistent_workers`` (which torch refuses with ``num_workers=0``)
+    only with workers. Other toolboxes' dataloaders are left as they are.
+    """
+    if toolbox != 'mmpretrain':
+        return
+    for name in fields:
+        loader = cfg.get(name)
+        if loader is None:
+            continue
+        defaults = ConfigDict(pin_memory=torch.cuda.is_available(),
+                              collate_fn=dict(type='default_collate'))
+        if persistent_workers and loader.get('num_workers', 0) > 0:
+            defaults.persistent_workers = True
+        defaults.update(loader)
+        cfg[name] = defaults
+
+
+def enable_visualization(cfg: Config, *, toolbox: str, show_dir: str) -> None:
+    """Save painted predictions under ``show_dir`` (``--show-dir``), each toolbox its own way."""
+    hooks = cfg.get('default_hooks') or {}
+    if 'visualization' not in hooks:
+        raise ToolConfigError("--show-dir needs default_hooks.visualization = "
+                              "dict(type='VisualizationHook') in the config")
+    hook = cfg.default_hooks.visualization
+    if toolbox == 'mmdet':
+        hook.draw = True
+        hook.test_out_dir = show_dir
+    elif toolbox == 'mmseg':
+        hook.draw = True
+        cfg.visualizer.save_dir = show_dir
+    else:
+        hook.enable = True
+        hook.out_dir = show_dir
+
+
+def _default_tta(cfg: Config, *, toolbox: str) -> tuple[dict, list]:
+    """mmdet's and mmpretrain's defaults: flip TTA, merged by DetTTAModel / AverageClsScoreTTA."""
+    if toolbox == 'mmdet':
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:
+            dataset = dataset['dataset']
+        tta_model = dict(type='DetTTAModel',
+                         tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        pack = dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
+                                                     'img_shape', 'scale_factor', 'flip',
+                                                     'flip_direction'))
+    else:
+        dataset = cfg.test_dataloader.dataset
+        tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+        pack = copy.deepcopy(dataset.pipeline[-1])
+    pipeline = copy.deepcopy(dataset.pipeline)
+    pipeline[-1] = dict(type='TestTimeAug',
+                        transforms=[[dict(type='RandomFlip', prob=1.),
+                                     dict(type='RandomFlip', prob=0.)], [pack]])
+    return tta_model, pipeline
+
+
+def enable_tta(cfg: Config, *, toolbox: str) -> None:
+    """Test-time augmentation (``--tta``): ``cfg.tta_model`` wraps the model, ``cfg.tta_pipeline``
+    replaces the test pipeline.
+
+    mmseg needs both in the config (its configs define them); mmdet and mmpretrain fill in a
+    missing one with their tools' flip-TTA defaults, with a warning.
+    """
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing and toolbox == 'mmseg':
+        raise ToolConfigError(
+            f'--tta needs {" and ".join(missing)} in the config (mmseg has no default '
+            f"test-time augmentation), e.g. tta_model = dict(type='SegTTAModel') and a "
+            f'tta_pipeline ending in a TestTimeAug transform')
+    if missing:
+        tta_model, tta_pipeline = _default_tta(cfg, toolbox=toolbox)
+        defaults = dict(tta_model=tta_model, tta_pipeline=tta_pipeline)
+        for key in missing:
+            _log(f'--tta: the config has no {key}; using {toolbox} default {defaults[key]}',
+                 logging.WARNING)
+            cfg[key] = defaults[key]
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def set_test_output(cfg: Config, *, toolbox: str, out: str) -> None:
+    """``--out``: mmseg writes predictions to that directory; mmdet and mmpretrain dump a pickle.
+
+    The pickle dump is attached to the built runner by :func:`attach_dump_metric`; here its
+    name is checked so that a bad one fails before the model is built.
+    """
+    if toolbox == 'mmseg':
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    elif not out.endswith(('.pkl', '.pickle')):
+        raise ToolConfigError(f'--out must name a .pkl or .pickle file for {toolbox}, got '
+                              f'{out!r}')
+
+
+def attach_dump_metric(runner: Runner, *, toolbox: str, out: str) -> None:
+    """Add the predictions dump of mmdet (``DumpDetResults``) or mmpretrain (``DumpResults``)."""
+    if toolbox == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
+    elif toolbox == 'mmpretrain':
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
+
+
+# ----------------------------------------------------------------------------- CPU
+def use_gloo_backend(cfg: Config) -> list[str]:
+    """Set ``env_cfg.dist_cfg.backend`` to ``gloo`` where it names a GPU-only backend (nccl).
+
+    mmengine's default, when the config has no ``env_cfg``, is nccl too. Returns the changes.
+    """
+    if cfg.get('env_cfg') is None:
+        cfg.env_cfg = dict()
+    if cfg.env_cfg.get('dist_cfg') is None:
+        cfg.env_cfg.dist_cfg = dict()
+    backend = cfg.env_cfg.dist_cfg.get('backend', 'nccl')
+    if backend not in GPU_ONLY_BACKENDS:
+        return []
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    return [f'env_cfg.dist_cfg.backend: {backend} -> gloo']
+
+
+def ddp_without_device_ids(cfg: Config) -> list[str]:
+    """Make the runner wrap the model in DDP with ``device_ids=None``, which CPU modules need.
+
+    mmengine's ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` (a CUDA device) to
+    ``MMDistributedDataParallel``, and as a default argument to any DDP subclass named in
+    ``model_wrapper_cfg``; a value in ``model_wrapper_cfg`` takes precedence over it. Without a
+    ``model_wrapper_cfg``, the one written here is mmengine's default wrapper with
+    ``device_ids=None``. Wrappers that are not DDP subclasses are left alone. Returns the changes.
+    """
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = ConfigDict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        return ['model_wrapper_cfg: MMDistributedDataParallel with device_ids=None']
+    wrapper_type = wrapper.get('type', 'MMDistributedDataParallel')
+    wrapper_class = MODEL_WRAPPERS.get(wrapper_type) if isinstance(wrapper_type, str) \
+        else wrapper_type
+    is_ddp = isinstance(wrapper_class, type) and issubclass(wrapper_class, DistributedDataParallel)
+    if not is_ddp or ('device_ids' in wrapper and wrapper.device_ids is None):
+        return []
+    wrapper.device_ids = None
+    return [f'model_wrapper_cfg ({wrapper_type}): device_ids=None']
+
+
+def replace_sync_bn(cfg: Config) -> list[str]:
+    """Replace SyncBN / MMSyncBN by BN in ``cfg.model`` and drop ``cfg.sync_bn``.
+
+    SyncBN layers need CUDA to train in a distributed run. Returns the changes, each with the
+    config path of the norm layer (e.g. ``model.decode_head.norm_cfg``).
+    """
+    changes = []
+
+    def visit(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            name = node.get('type')
+            if isinstance(name, str) and name.rsplit('.', 1)[-1] in SYNC_BN_TYPES:
+                node['type'] = 'BN'
+                changes.append(f'{path}: {name} -> BN')
+            for key, value in node.items():
+                visit(value, f'{path}.{key}')
+        elif isinstance(node, (list, tuple)):
+            for index, value in enumerate(node):
+                visit(value, f'{path}[{index}]')
+
+    visit(cfg.get('model'), 'model')
+    if cfg.get('sync_bn') is not None:
+        changes.append(f'sync_bn: {cfg.sync_bn!r} -> None (no BN to SyncBN conversion)')
+        cfg.sync_bn = None
+    return changes
+
+
+def adapt_to_cpu(cfg: Config) -> list[str]:
+    """Rewrite ``cfg`` to run without CUDA and log each change; returns them.
+
+    BN for SyncBN; for a distributed launch (``cfg.launcher`` not 'none') also the gloo backend
+    and DDP without device_ids.
+    """
+    changes = replace_sync_bn(cfg)
+    if cfg.get('launcher', 'none') != 'none':
+        changes += use_gloo_backend(cfg) + ddp_without_device_ids(cfg)
+    for change in changes:
+        _log(f'no CUDA, config changed to run on CPU: {change}', logging.WARNING)
+    return changes
+
+
+def _skip_set_device(device: object) -> None:
+    """Stands in for ``torch.cuda.set_device`` while there is no CUDA device to select."""
+
+
+@contextlib.contextmanager
+def _cuda_set_device_skipped() -> Iterator[None]:
+    """``torch.cuda.set_device`` does nothing inside the block; restored on leaving it."""
+    original = torch.cuda.set_device
+    torch.cuda.set_device = _skip_set_device
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original
+
+
+def init_distributed_without_cuda(cfg: Config) -> None:
+    """Initialise the process group for ``cfg.launcher`` on a machine without CUDA.
+
+    mmengine's launchers (``init_dist`` for pytorch, slurm and mpi) set the environment, then
+    call ``torch.cuda.set_device(local_rank)``, which raises without a GPU, then
+    ``init_process_group``. Here the same code runs with that one call skipped, after the
+    multiprocessing set-up that the runner's ``setup_env`` does first; the runner then finds the
+    group initialised and keeps it.
+    """
+    env_cfg = cfg.get('env_cfg') or {}
+    set_multi_processing(**env_cfg.get('mp_cfg', {}), distributed=True)
+    with _cuda_set_device_skipped():
+        init_dist(cfg.launcher, **env_cfg.get('dist_cfg', {}))
+
+
+def build_runner(cfg: Config, *, toolbox: str) -> Runner:
+    """The runner for ``cfg`` (``runner_type`` from the toolbox's registry); adapted if no CUDA."""
+    if toolbox == 'mmdet':
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+    if not torch.cuda.is_available():
+        adapt_to_cpu(cfg)
+        if cfg.launcher != 'none' and not is_distributed():
+            init_distributed_without_cuda(cfg)
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return importlib.import_module(f'{toolbox}.registry').RUNNERS.build(cfg)
+
+
+def close_distributed() -> None:
+    """Destroy and free the process group once the runner is released (mmengine leaves it open).
+
+    Call it after the runner is gone (e.g. after the function holding it returned). Freeing the
+    group (torch releases the GIL for that) stops its worker threads here rather than during
+    interpreter shutdown, where a gloo worker still releasing the tensors of a finished
+    collective needs the GIL and aborts the process ("terminate called without an active
+    exception", seen after finished CPU runs).
+    """
+    if is_distributed():
+        torch.distributed.destroy_process_group()
+        gc.collect()
