@@ -1,0 +1,57 @@
+# The README's main job: Mask R-CNN with vHeat-T trained from scratch on the generated "shapes"
+# dataset (COCO format, 3 classes, 256x256), on the CPU in a few minutes, evaluated with CocoMetric.
+# Generate the data with: python tools/make_shapes.py data/shapes
+_base_ = '../mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py'
+
+data_root = 'data/shapes/'
+metainfo = dict(classes=('square', 'circle', 'triangle'),
+                palette=[(220, 20, 60), (0, 128, 255), (0, 200, 0)])
+image_size = (256, 256)
+
+model = dict(
+    backbone=dict(img_size=256, drop_path_rate=0.0, init_cfg=None),
+    rpn_head=dict(anchor_generator=dict(scales=[4])),
+    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+                   rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=4, num_workers=1, persistent_workers=True,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
+                 ann_file='annotations/instances_train.json', data_prefix=dict(img='train/')))
+val_dataloader = dict(
+    batch_size=4, num_workers=1, persistent_workers=True,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
+                 ann_file='annotations/instances_val.json', data_prefix=dict(img='val/')))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
+                     metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+
+max_iters = 200
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, end=max_iters, eta_min=1e-5),
+]
+optim_wrapper = dict(optimizer=dict(lr=4e-4), clip_grad=dict(max_norm=10.0))
+default_hooks = dict(logger=dict(interval=10),
+                     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(enable=False)

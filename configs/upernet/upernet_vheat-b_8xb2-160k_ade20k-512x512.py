@@ -1,0 +1,7 @@
+_base_ = './upernet_vheat-t_8xb2-160k_ade20k-512x512.py'
+
+pretrained = 'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/vHeat_base.pth'
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.5, init_cfg=dict(checkpoint=pretrained)),
+    decode_head=dict(in_channels=[128, 256, 512, 1024]),
+    auxiliary_head=dict(in_channels=512))
