@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 
 CONFIGS = Path(__file__).parents[1] / 'configs'
 EXPECTED = {
@@ -28,6 +28,7 @@ def test_config_builds_with_official_parameter_count(name, params):
     cfg = Config.fromfile(str(CONFIGS / name))
     assert cfg.custom_imports['imports'] == ['vheat_mm']
     assert cfg.model.backbone.type == 'vHeat'
-    init_default_scope(cfg.default_scope)
-    model = importlib.import_module(f'{cfg.default_scope}.registry').MODELS.build(cfg.model)
+    registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):  # leaves no global scope
+        model = registry.build(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == params
