@@ -217,16 +217,15 @@ class HeatConductionOperator(nn.Module):
         self.folded = TensorCache()
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C)."""
+        """decay ** k, shape (H, W, C); in deploy form folded once per feature size."""
         if not self.deploy:
-            return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
+            return self._decay_pow_k(ctx)
         h, w = ctx.decay.shape
-        return self.folded.get(f'{h}x{w}', lambda: self.attenuation_for(ctx),
+        return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx).detach(),
                                device=ctx.decay.device, dtype=ctx.decay.dtype)
 
-    def attenuation_for(self, ctx: HeatContext) -> Tensor:
-        with torch.no_grad():
-            return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
+    def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
+        return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
 
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
         x = self.dwconv(_nchw(x)).permute(0, 2, 3, 1)
