@@ -104,3 +104,44 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
     with pytest.raises(CheckpointError, match=r'refusing to load .*evil\.pth'):
         load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
     assert not os.path.exists(marker)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server for files in ``tmp_path/served``; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+    served = tmp_path / 'served'
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{server.server_port}/', served
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_is_downloaded_once_into_the_hub_cache(tmp_path, http_server, classifier_state,
+                                                   monkeypatch):
+    base, served = http_server
+    torch.save(dict(model=classifier_state), served / 'vheat_mini.pth')
+    hub = tmp_path / 'hub'
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(hub))
+    model = VHeat(MINI, img_size=96, num_classes=5)
+    report = load_pretrained(model, base + 'vheat_mini.pth')
+    assert (hub / 'checkpoints/vheat_mini.pth').is_file()
+    assert not report.missing and len(report.resized) == 4
+    (served / 'vheat_mini.pth').unlink()  # the second read uses the cache
+    assert torch.equal(read_checkpoint(base + 'vheat_mini.pth')['model']['freq_embed.0'],
+                       classifier_state['freq_embed.0'])
+
+
+def test_url_that_cannot_be_downloaded_is_named(tmp_path, http_server, monkeypatch):
+    base, _ = http_server
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    with pytest.raises(CheckpointError, match='cannot download .*absent.pth'):
+        read_checkpoint(base + 'absent.pth')
+    assert not (tmp_path / 'hub/checkpoints/absent.pth').exists()

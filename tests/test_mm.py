@@ -1,5 +1,7 @@
 """The toolbox adapters: registries, official config names, init_cfg loading, official features."""
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,11 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 import vheat_mm
-from conftest import DATA, MINI
+from conftest import DATA, MINI, mini_arch
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NAMES = [('mmpretrain', 'vHeat'), ('mmdet', 'vHeat'), ('mmseg', 'vHeat'),
          ('mmdet', 'MMDET_VHEAT'), ('mmseg', 'MMSEG_VHEAT')]
@@ -191,3 +195,42 @@ def test_a_name_taken_by_another_package_is_left_with_a_warning(monkeypatch):
     with pytest.warns(UserWarning, match="mmdet already has a model named 'MMDET_VHEAT'"):
         assert vheat_mm.register_all() == ('mmpretrain', 'mmdet', 'mmseg')
     assert registry('mmdet').get('MMDET_VHEAT') is Other
+
+
+def convert(src, dst):
+    return subprocess.run([sys.executable, 'tools/model_converters/vheat_to_mmpretrain.py',
+                           str(src), str(dst)], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize('case', ['prenorm', 'postnorm_layerscale'])
+def test_official_classifier_converted_gives_official_logits(official_mini, case, tmp_path):
+    """tools/model_converters/vheat_to_mmpretrain.py -> ImageClassifier: the official logits."""
+    from mmengine.runner import load_checkpoint
+    from mmpretrain.registry import MODELS
+
+    fixture = official_mini[case]
+    cfg = fixture['config']
+    src, dst = tmp_path / 'official.pth', tmp_path / 'mmpretrain.pth'
+    torch.save(dict(model=fixture['state_dict']), src)
+    assert convert(src, dst).returncode == 0
+    dims = cfg['dims'] * 2 ** 3 if isinstance(cfg['dims'], int) else cfg['dims'][-1]
+    classifier = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='vHeat', arch=mini_arch(cfg), img_size=cfg['img_size'],
+                      out_indices=(3,)),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=cfg['num_classes'], in_channels=dims)))
+    load_checkpoint(classifier, str(dst), strict=True)
+    classifier.eval()
+    with torch.no_grad():
+        logits = classifier(fixture['input'], mode='tensor')
+    torch.testing.assert_close(logits, fixture['logits'], rtol=1e-5, atol=1e-5)
+
+
+def test_converter_refuses_a_state_dict_that_is_not_an_official_classifier(tmp_path):
+    src = tmp_path / 'other.pth'
+    torch.save(dict(model={'fc.weight': torch.zeros(2, 2)}), src)
+    result = convert(src, tmp_path / 'out.pth')
+    assert result.returncode == 1
+    assert 'not an official vHeat classifier' in result.stderr
+    assert not (tmp_path / 'out.pth').exists()

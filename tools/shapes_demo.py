@@ -21,6 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'configs/demo/mask-rcnn_vheat-t_fpn_shapes.py'
+IMAGE_SIZE = (128, 128)  # as image_size in CONFIG
 COLORS = [(60, 20, 220), (255, 128, 0), (0, 200, 0)]  # BGR per class
 
 
@@ -104,7 +105,8 @@ def main() -> int:
 
     from vheat_mm.datasets import make_shapes_coco
     if not (args.data_root / 'annotations/instances_val.json').exists():
-        make_shapes_coco(args.data_root, num_train=args.num_train, num_val=args.num_val)
+        make_shapes_coco(args.data_root, num_train=args.num_train, num_val=args.num_val,
+                         size=IMAGE_SIZE)
         print(f'generated {args.num_train} + {args.num_val} shapes images in {args.data_root}')
 
     python = sys.executable

@@ -2,7 +2,10 @@
 
 Three layouts are recognised: the official one (``{'model': state_dict, ...}``, also
 ``model_ema``), mmengine's (``{'state_dict': ..., 'meta': ...}``, keys with or without a
-``backbone.`` prefix) and a bare state dict. Files are always read with ``weights_only=True``.
+``backbone.`` prefix) and a bare state dict. Files are always read with ``weights_only=True``;
+an http(s) URL is downloaded once into torch hub's checkpoint cache, as mmengine does, then read
+the same way. :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's
+``ImageClassifier`` keys.
 
 :func:`convert_freq_embeds` prepares a classification checkpoint for a larger downstream
 resolution (what ``interpolate4downstream.py`` does) and :func:`write_checkpoint` saves
@@ -15,6 +18,8 @@ import logging
 import os
 import pickle
 import re
+import urllib.error
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
@@ -25,7 +30,7 @@ from torch import Tensor, nn
 
 from .models.heat import resize_freq_embed
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'find_state_dict', 'select_prefix',
+__all__ = ['CheckpointError', 'read_checkpoint', 'is_url', 'cached_download', 'official_to_mmpretrain', 'find_state_dict', 'select_prefix',
            'checkpoint_filter_fn', 'load_pretrained', 'LoadReport', 'FreqEmbedKey',
            'check_downstream_sizes', 'find_freq_embeds', 'convert_freq_embeds',
            'write_checkpoint', 'CONVERSION_MODES', 'FREQ_EMBED_ENTRIES']
@@ -44,13 +49,40 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    return isinstance(path, str) and urllib.parse.urlparse(path).scheme in ('http', 'https')
+
+
+def cached_download(url: str, model_dir: str | None = None) -> str:
+    """The local path of ``url``'s file, downloaded on first use into ``model_dir``.
+
+    ``model_dir`` defaults to ``<torch hub dir>/checkpoints``, where mmengine and torchvision
+    keep downloaded weights. torch's downloader writes a temporary file and renames it, so an
+    interrupted download leaves no partial file under the final name.
+    """
+    model_dir = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
+    filename = os.path.basename(urllib.parse.urlparse(url).path)
+    if not filename:
+        raise CheckpointError(f'cannot name a file after the URL {url}')
+    cached = os.path.join(model_dir, filename)
+    if not os.path.isfile(cached):
+        os.makedirs(model_dir, exist_ok=True)
+        logger.info('downloading %s to %s', url, cached)
+        try:
+            torch.hub.download_url_to_file(url, cached, progress=False)
+        except (urllib.error.URLError, OSError) as err:
+            raise CheckpointError(f'cannot download {url}: {err}') from err
+    return cached
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file on the CPU with ``torch.load(weights_only=True)``.
+    """Load a checkpoint file (or http(s) URL, see :func:`cached_download`) on the CPU with
+    ``torch.load(weights_only=True)``.
 
     Raises :class:`FileNotFoundError` or :class:`CheckpointError`, naming the path, for a
     missing, unreadable, truncated or unsafe file (one whose pickle asks for code to run).
     """
-    path = os.fspath(path)
+    path = cached_download(path) if is_url(path) else os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
@@ -163,6 +195,31 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     for line in report.lines():
         logger.info(line)
     return report
+
+
+_OFFICIAL_HEAD = {'classifier.0.': 'backbone.outnorm3.', 'classifier.3.': 'head.fc.'}
+
+
+def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of an official vHeat classifier -> mmpretrain ``ImageClassifier`` keys.
+
+    The official head is LayerNorm -> average pool -> Linear (``classifier.0`` / ``.3``); the
+    mmpretrain config has the LayerNorm as the backbone's ``outnorm3`` (``out_indices=(3,)``),
+    ``GlobalAveragePooling`` as neck and ``LinearClsHead`` (``head.fc``). Every other key goes
+    under ``backbone.``. Pure; the tensors are shared, not copied.
+    """
+    keys = set(state_dict)
+    if not {'classifier.3.weight', 'freq_embed.0'} <= keys:
+        raise CheckpointError(
+            'not an official vHeat classifier state dict (it needs freq_embed.0 and '
+            f'classifier.3.weight); keys found: {sorted(keys)[:20]}')
+    converted = {}
+    for key, value in state_dict.items():
+        head = next((old for old in _OFFICIAL_HEAD if key.startswith(old)), None)
+        new_key = (_OFFICIAL_HEAD[head] + key[len(head):] if head
+                   else 'backbone.' + key)
+        converted[new_key] = value
+    return converted
 
 
 class FreqEmbedKey(NamedTuple):

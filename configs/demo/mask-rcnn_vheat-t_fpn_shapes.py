@@ -1,19 +1,19 @@
 # The README's main job: Mask R-CNN with vHeat-T trained from scratch on the generated "shapes"
-# dataset (COCO format, 3 classes, 256x256), on the CPU in a few minutes, evaluated with CocoMetric.
+# dataset (COCO format, 3 classes, 128x128), on the CPU in a few minutes, evaluated with CocoMetric.
 # Generate the data with: python tools/make_shapes.py data/shapes
 _base_ = '../mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py'
 
 data_root = 'data/shapes/'
 metainfo = dict(classes=('square', 'circle', 'triangle'),
                 palette=[(220, 20, 60), (0, 128, 255), (0, 200, 0)])
-image_size = (256, 256)
+image_size = (128, 128)
 
 model = dict(
-    backbone=dict(img_size=256, drop_path_rate=0.0, init_cfg=None),
+    backbone=dict(img_size=128, drop_path_rate=0.0, init_cfg=None),
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
     train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-                   rcnn=dict(sampler=dict(num=128))),
+                   rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
 
 train_pipeline = [
@@ -43,14 +43,14 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
                      metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_iters = 200
+max_iters = 500
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, end=max_iters, eta_min=1e-5),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=1e-5),
 ]
-optim_wrapper = dict(optimizer=dict(lr=4e-4), clip_grad=dict(max_norm=10.0))
+optim_wrapper = dict(optimizer=dict(lr=1e-3), clip_grad=dict(max_norm=10.0))
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)

@@ -1,0 +1,46 @@
+"""Convert an official vHeat classification checkpoint for mmpretrain's ImageClassifier.
+
+Usage: python tools/model_converters/vheat_to_mmpretrain.py SRC DST [--ema]
+
+Reads SRC with weights_only=True (a path or http(s) URL), takes its ``model`` entry (``model_ema``
+with --ema), maps ``classifier.0`` / ``classifier.3`` to ``backbone.outnorm3`` / ``head.fc`` and
+every other key under ``backbone.``, and writes ``{'state_dict': ..., 'meta': ...}`` to DST
+atomically. The result loads into configs/classification/vheat-*_16xb128_in1k.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vheat_mm.checkpoint import (CheckpointError, is_url, official_to_mmpretrain, read_checkpoint,
+                                 write_checkpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='official checkpoint (path or URL)')
+    parser.add_argument('dst', help='where to write the mmpretrain checkpoint')
+    parser.add_argument('--ema', action='store_true', help="convert 'model_ema', not 'model'")
+    args = parser.parse_args(argv)
+    if not is_url(args.src) and os.path.exists(args.dst) \
+            and os.path.samefile(args.src, args.dst):
+        parser.error('dst is the same file as src; choose another path')
+    entry = 'model_ema' if args.ema else 'model'
+    try:
+        checkpoint = read_checkpoint(args.src)
+        if not isinstance(checkpoint.get(entry), dict):
+            raise CheckpointError(f'{args.src} has no {entry!r} entry; top-level keys: '
+                                  f'{sorted(map(str, checkpoint))}')
+        state_dict = official_to_mmpretrain(checkpoint[entry])
+        write_checkpoint(dict(state_dict=state_dict, meta=dict(converted_from=args.src,
+                                                               entry=entry)), args.dst)
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f'wrote {len(state_dict)} tensors ({entry}) to {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
