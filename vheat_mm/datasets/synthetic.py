@@ -54,6 +54,8 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, max_shapes: in
                min_size: int = 12, max_size: int = 40) -> tuple[np.ndarray, list[dict]]:
     """An image (H, W, 3, uint8, BGR) and its instances: dicts with label, polygon, mask."""
     img = _background(rng, height, width)
+    max_size = min(max_size, min(height, width) // 2 - 1)  # a shape must fit in the image
+    min_size = min(min_size, max_size)
     instances: list[dict] = []
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         for _attempt in range(20):
