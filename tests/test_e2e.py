@@ -1,0 +1,437 @@
+"""End to end: the real command-line tools, in subprocesses, on tiny generated data, on the CPU.
+
+``tools/train.py`` and ``tools/test.py`` for the three toolboxes (Mask R-CNN with CocoMetric and
+``--resume``, UperNet with and without ``--tta``, an mmpretrain classifier),
+``tools/dist_train.sh`` with two processes, and ``interpolate4downstream.py`` feeding the
+backbone's ``init_cfg``. Each config is a child of a shipped paper config (inherited by absolute
+path) that only makes it tiny: 64x64 images, a few iterations, no pretrained download.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / 'configs'
+TIMEOUT = 420  # seconds for one tool run; a whole run here takes well under a minute
+SHAPES = ('square', 'circle', 'triangle')
+
+
+# ----------------------------------------------------------------------------- helpers
+def _tail(text: str | bytes | None, lines: int = 40) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors='replace')
+    return '\n'.join((text or '').splitlines()[-lines:])
+
+
+def run_tool(*args: str | os.PathLike, timeout: float = TIMEOUT,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in the repository root with the repository on PYTHONPATH; it must succeed.
+
+    On failure or timeout the assertion message holds the tails of stdout and stderr.
+    """
+    command = [str(arg) for arg in args]
+    environ = dict(os.environ, **(env or {}))
+    environ['PYTHONPATH'] = os.pathsep.join(
+        [str(ROOT)] + ([environ['PYTHONPATH']] if environ.get('PYTHONPATH') else []))
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f'{" ".join(command)} ran past {timeout} s\n--- stdout\n{_tail(err.stdout)}'
+                    f'\n--- stderr\n{_tail(err.stderr)}')
+    assert done.returncode == 0, (f'{" ".join(command)} exited with {done.returncode}\n'
+                                  f'--- stdout\n{_tail(done.stdout)}\n'
+                                  f'--- stderr\n{_tail(done.stderr)}')
+    return done
+
+
+def python_tool(script: str, *args: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
+    return run_tool(sys.executable, ROOT / script, *args, **kwargs)
+
+
+def run_dirs(work_dir: Path) -> list[Path]:
+    """The per-run (timestamp) directories mmengine made in ``work_dir``, oldest first."""
+    return sorted(p for p in work_dir.iterdir() if p.is_dir() and re.fullmatch(r'\d{8}_\d{6}',
+                                                                                  p.name))
+
+
+def read_scalars(run_dir: Path) -> list[dict]:
+    """The records of ``run_dir/vis_data/scalars.json`` (one JSON object a line)."""
+    path = run_dir / 'vis_data' / 'scalars.json'
+    assert path.is_file(), f'no {path}; {run_dir} holds {sorted(os.listdir(run_dir))}'
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_scalars(run_dir) if 'loss' in r]
+
+
+def assert_finite_losses(records: list[dict], *, steps: list[int], keys: tuple[str, ...]) -> None:
+    """One training record per step in ``steps``, each with ``keys``; every loss finite."""
+    assert [r['step'] for r in records] == steps, records
+    for record in records:
+        losses = {k: v for k, v in record.items() if k.rsplit('.', 1)[-1].startswith('loss')}
+        assert set(keys) <= set(losses), record
+        assert all(math.isfinite(v) for v in losses.values()), record
+
+
+def read_test_metrics(work_dir: Path) -> dict:
+    """The metrics ``tools/test.py`` wrote to ``work_dir/<timestamp>/<timestamp>.json``."""
+    runs = run_dirs(work_dir)
+    assert len(runs) == 1, runs
+    path = runs[0] / f'{runs[0].name}.json'
+    assert path.is_file(), f'no {path}; {runs[0]} holds {sorted(os.listdir(runs[0]))}'
+    return json.loads(path.read_text())
+
+
+def dumped_config(work_dir: Path, config: Path) -> Config:
+    """The config the runner dumped to its work dir (after the tools' changes)."""
+    return Config.fromfile(str(work_dir / config.name), import_custom_modules=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def remove_checkpoints(directory: Path) -> None:
+    """Delete the .pth files under ``directory`` (hundreds of MB each; pytest keeps tmp dirs)."""
+    for path in directory.rglob('*.pth'):
+        path.unlink()
+
+
+# ----------------------------------------------------------------------------- Mask R-CNN
+MASK_RCNN = '''\
+_base_ = '{base}'
+data_root = '{data}/'
+metainfo = dict(classes={classes})
+# fewer proposals and RoIs than for 1333x800 COCO images: the mask head's cost is per RoI
+model = dict(
+    backbone=dict(img_size=64, drop_path_rate=0.0, init_cfg=None),
+    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                   rcnn=dict(sampler=dict(num=32))),
+    test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100), rcnn=dict(max_per_img=10)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
+                 ann_file='annotations/instances_train.json', data_prefix=dict(img='train/')))
+val_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
+                 ann_file='annotations/instances_val.json', data_prefix=dict(img='val/')))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
+                     metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+# no validation while training (the iteration loop validates at its last iteration otherwise)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_begin=1000,
+                 val_interval=1000)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=2))
+log_processor = dict(by_epoch=False)
+'''
+MASK_RCNN_LOSSES = ('loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask')
+
+
+@pytest.fixture(scope='module')
+def mask_rcnn(tmp_path_factory):
+    """Shapes data in COCO format, the tiny Mask R-CNN config, trained for 2 iterations."""
+    from vheat_mm.datasets import make_shapes_coco
+
+    tmp = tmp_path_factory.mktemp('mask_rcnn')
+    data = make_shapes_coco(tmp / 'shapes', num_train=8, num_val=4, size=(64, 64))
+    config = write_config(tmp / 'mask-rcnn_tiny_shapes.py', MASK_RCNN.format(
+        base=CONFIGS / 'mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py', data=data,
+        classes=SHAPES))
+    work_dir = tmp / 'train'
+    python_tool('tools/train.py', config, '--work-dir', work_dir)
+    (run,) = run_dirs(work_dir)
+    # read now: the resume test adds to this work dir
+    yield dict(config=config, work_dir=work_dir, tmp=tmp, records=train_records(run),
+               last_checkpoint=(work_dir / 'last_checkpoint').read_text().strip())
+    remove_checkpoints(tmp)
+
+
+def test_mask_rcnn_trains_and_tests_with_coco_metric(mask_rcnn):
+    assert_finite_losses(mask_rcnn['records'], steps=[1, 2], keys=MASK_RCNN_LOSSES)
+    checkpoint = mask_rcnn['work_dir'] / 'iter_2.pth'
+    assert checkpoint.is_file() and Path(mask_rcnn['last_checkpoint']) == checkpoint
+
+    test_dir = mask_rcnn['tmp'] / 'test'
+    done = python_tool('tools/test.py', mask_rcnn['config'], checkpoint, '--work-dir', test_dir)
+    assert f'Load checkpoint from {checkpoint}' in done.stdout
+    metrics = read_test_metrics(test_dir)
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert 0.0 <= metrics[key] <= 1.0, metrics
+    assert 'coco/segm_mAP' in done.stdout and 'Iter(test) [2/2]' in done.stdout
+
+
+def test_resume_continues_from_the_saved_iteration(mask_rcnn):
+    work_dir = mask_rcnn['work_dir']
+    before = run_dirs(work_dir)
+    done = python_tool('tools/train.py', mask_rcnn['config'], '--work-dir', work_dir, '--resume',
+                       '--cfg-options', 'train_cfg.max_iters=4')
+    assert f'Auto resumed from the latest checkpoint {work_dir / "iter_2.pth"}' in done.stdout
+    assert 'resumed epoch: 0, iter: 2' in done.stdout
+    iterations = re.findall(r'Iter\(train\) \[\s*(\d+)/(\d+)\]', done.stdout)
+    assert iterations == [('3', '4'), ('4', '4')], iterations
+    (run,) = [d for d in run_dirs(work_dir) if d not in before]
+    assert_finite_losses(train_records(run), steps=[3, 4], keys=MASK_RCNN_LOSSES)
+    assert (work_dir / 'iter_4.pth').is_file()
+    assert Path((work_dir / 'last_checkpoint').read_text().strip()) == work_dir / 'iter_4.pth'
+
+
+# ----------------------------------------------------------------------------- UperNet
+# mmseg's ADE20KDataset maps the classes of ``metainfo`` to ADE20K's own (a label_map from its
+# 150 names): after reduce_zero_label the shapes data has labels 0..3 (3 shapes, background),
+# which stay 0..3 with ADE20K's first four names.
+UPERNET = '''\
+_base_ = '{base}'
+data_root = '{data}'
+crop_size = (64, 64)
+metainfo = dict(classes={classes})
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(img_size=64, drop_path_rate=0.0, init_cfg=None),
+    decode_head=dict(num_classes=4),
+    auxiliary_head=dict(num_classes=4),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(43, 43)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in (0.5, 1.0)],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_begin=1000, val_interval=1000)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=2))
+'''
+
+
+@pytest.fixture(scope='module')
+def upernet(tmp_path_factory):
+    """Shapes data in the ADE20K layout, the tiny UperNet config, trained for 2 iterations."""
+    from mmseg.datasets import ADE20KDataset
+
+    from vheat_mm.datasets import make_shapes_ade20k
+
+    tmp = tmp_path_factory.mktemp('upernet')
+    data = make_shapes_ade20k(tmp / 'ade', num_train=4, num_val=2, size=(64, 64))
+    config = write_config(tmp / 'upernet_tiny_shapes.py', UPERNET.format(
+        base=CONFIGS / 'upernet/upernet_vheat-t_8xb2-160k_ade20k-512x512.py', data=data,
+        classes=ADE20KDataset.METAINFO['classes'][:4]))
+    work_dir = tmp / 'train'
+    python_tool('tools/train.py', config, '--work-dir', work_dir)
+    (run,) = run_dirs(work_dir)
+    assert_finite_losses(train_records(run), steps=[1, 2],
+                         keys=('loss', 'decode.loss_ce', 'aux.loss_ce'))
+    checkpoint = work_dir / 'iter_2.pth'
+    assert checkpoint.is_file()
+    yield dict(config=config, checkpoint=checkpoint, tmp=tmp)
+    remove_checkpoints(tmp)
+
+
+@pytest.mark.parametrize('tta', [False, True], ids=['plain', 'tta'])
+def test_upernet_trains_and_tests_with_and_without_tta(upernet, tta):
+    test_dir = upernet['tmp'] / f'test_{"tta" if tta else "plain"}'
+    python_tool('tools/test.py', upernet['config'], upernet['checkpoint'], '--work-dir', test_dir,
+                *(['--tta'] if tta else []))
+    metrics = read_test_metrics(test_dir)
+    assert 0.0 <= metrics['mIoU'] <= 100.0 and 0.0 <= metrics['aAcc'] <= 100.0, metrics
+    used = dumped_config(test_dir, upernet['config'])  # what the runner was built from
+    pipeline = used.test_dataloader.dataset.pipeline
+    if tta:
+        assert used.model.type == 'SegTTAModel' and used.model.module.type == 'EncoderDecoder'
+        assert pipeline[-1].type == 'TestTimeAug'
+        assert [t.scale_factor for t in pipeline[-1].transforms[0]] == [0.5, 1.0]
+    else:
+        assert used.model.type == 'EncoderDecoder' and used.model.test_cfg.mode == 'slide'
+        assert [t.type for t in pipeline] == ['LoadImageFromFile', 'Resize', 'LoadAnnotations',
+                                              'PackSegInputs']
+
+
+# ----------------------------------------------------------------------------- classifier
+CLASSIFIER = '''\
+_base_ = '{base}'
+data_root = '{data}'
+metainfo = dict(classes={classes})
+data_preprocessor = dict(num_classes=3)
+model = dict(backbone=dict(img_size=64, drop_path_rate=0.0), head=dict(num_classes=3))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=64),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=64, edge='short'),
+    dict(type='CenterCrop', crop_size=64),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    batch_size=4, num_workers=0,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4, num_workers=0,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=(1,))  # top-5 of 3 classes is not defined
+test_evaluator = val_evaluator
+train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=1)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
+                        convert_to_iter_based=True)]
+default_hooks = dict(logger=dict(interval=1))
+'''
+
+
+@pytest.fixture(scope='module')
+def classifier(tmp_path_factory):
+    """Shapes data in the ImageNet layout (4 + 2 images per class), the tiny classifier config."""
+    from vheat_mm.datasets import make_shapes_imagenet
+
+    tmp = tmp_path_factory.mktemp('classifier')
+    data = make_shapes_imagenet(tmp / 'imagenet', num_train=4, num_val=2, size=(64, 64))
+    config = write_config(tmp / 'vheat-t_tiny_shapes.py', CLASSIFIER.format(
+        base=CONFIGS / 'classification/vheat-t_16xb128_in1k.py', data=data, classes=SHAPES))
+    yield dict(config=config, tmp=tmp)
+    remove_checkpoints(tmp)
+
+
+def test_classifier_trains_and_tests_with_accuracy(classifier):
+    work_dir = classifier['tmp'] / 'train'
+    python_tool('tools/train.py', classifier['config'], '--work-dir', work_dir)
+    (run,) = run_dirs(work_dir)
+    records = read_scalars(run)
+    assert_finite_losses([r for r in records if 'loss' in r], steps=[1, 2, 3],  # 12 images / 4
+                         keys=('loss',))
+    assert [r['accuracy/top1'] for r in records if 'accuracy/top1' in r]  # validated after epoch 1
+    checkpoint = work_dir / 'epoch_1.pth'
+    assert checkpoint.is_file()
+
+    test_dir = classifier['tmp'] / 'test'
+    done = python_tool('tools/test.py', classifier['config'], checkpoint, '--work-dir', test_dir)
+    metrics = read_test_metrics(test_dir)
+    assert 0.0 <= metrics['accuracy/top1'] <= 100.0, metrics
+    assert 'accuracy/top5' not in metrics and 'accuracy/top1' in done.stdout
+
+
+def test_dist_train_runs_two_cpu_processes(classifier):
+    work_dir = classifier['tmp'] / 'dist'
+    done = run_tool('bash', ROOT / 'tools/dist_train.sh', classifier['config'], '2',
+                    '--work-dir', work_dir, env=dict(PORT=str(free_port())))
+    log = done.stdout + done.stderr
+    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    assert 'GPU number: 2' in log  # mmengine's name for the world size
+    assert 'env_cfg.dist_cfg.backend: nccl -> gloo' in log
+    (run,) = run_dirs(work_dir)
+    records = read_scalars(run)
+    # each process trains on its half of the 12 images: 2 iterations of 4 (not 3 as alone)
+    assert_finite_losses([r for r in records if 'loss' in r], steps=[1, 2], keys=('loss',))
+    assert [r['accuracy/top1'] for r in records if 'accuracy/top1' in r]
+    assert (work_dir / 'epoch_1.pth').is_file()
+    assert Path((work_dir / 'last_checkpoint').read_text().strip()) == work_dir / 'epoch_1.pth'
+
+
+# ----------------------------------------------------------------------------- interpolate
+@pytest.fixture
+def checkpoint_dir(tmp_path):
+    yield tmp_path
+    remove_checkpoints(tmp_path)
+
+
+def test_interpolated_checkpoint_initialises_the_mask_rcnn_backbone(checkpoint_dir):
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+
+    from vheat_mm.models import VHeat
+
+    # an official-layout vHeat-T classifier at 224, its values moved away from any init
+    official = {k: v + torch.randn_like(v)
+                for k, v in VHeat('tiny', num_classes=1000).state_dict().items()}
+    pretrained = checkpoint_dir / 'vHeat_tiny.pth'
+    converted_path = checkpoint_dir / 'vHeat_tiny_512.pth'
+    torch.save({'model': official}, pretrained)
+    done = python_tool('interpolate4downstream.py', '--pt_pth', pretrained, '--pt_size', '224',
+                       '--tg_pth', converted_path, '--tg_size', '512')
+    assert f'Finished! Saved to {converted_path}.' in done.stdout
+    converted = torch.load(converted_path, map_location='cpu', weights_only=True)['model']
+    assert set(converted) == set(official)
+    for stage, size in enumerate((128, 64, 32, 16)):
+        before, after = official[f'freq_embed.{stage}'], converted[f'freq_embed.{stage}']
+        n = before.shape[0]
+        assert after.shape == (size, size, before.shape[2])
+        assert torch.equal(after[:n, :n], before)  # zero-padded at the bottom and right
+        assert not after[n:].any() and not after[:, n:].any()
+
+    cfg = Config.fromfile(str(CONFIGS / 'mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py'))
+    cfg.model.backbone.init_cfg.checkpoint = str(converted_path)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    state = model.backbone.state_dict()
+    loaded = sorted(k for k in state if k in converted)
+    mismatched = [k for k in loaded if not torch.equal(state[k], converted[k])]
+    assert not mismatched, f'not the checkpoint\'s values: {mismatched}'
+    assert sorted(set(state) - set(loaded)) == sorted(
+        f'outnorm{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
+    assert sorted(set(converted) - set(loaded)) == [
+        'classifier.0.bias', 'classifier.0.weight', 'classifier.3.bias', 'classifier.3.weight']
