@@ -6,7 +6,7 @@ setup:
 	bash tools/setup_env.sh
 
 demo: setup
-	$(PYTHON) tools/demo.py
+	$(PYTHON) tools/shapes_demo.py
 
 test: setup
 	$(PYTHON) -m pytest

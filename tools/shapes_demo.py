@@ -47,6 +47,14 @@ def read_scalars(work_dir: Path) -> list[dict]:
     return records
 
 
+def read_test_metrics(test_dir: Path) -> dict:
+    """The metrics tools/test.py logged to ``test_dir/<timestamp>/<timestamp>.json`` (last run)."""
+    paths = sorted(test_dir.glob('*/*.json'))
+    if not paths:
+        raise FileNotFoundError(f'no test metrics under {test_dir}')
+    return json.loads(paths[-1].read_text().splitlines()[-1])
+
+
 def draw(image: np.ndarray, boxes, labels, masks, classes, scores=None) -> np.ndarray:
     out = image.copy()
     for i, (box, label) in enumerate(zip(boxes, labels)):
@@ -81,7 +89,7 @@ def save_predictions(checkpoint: Path, data_root: Path, out_path: Path, num_imag
                   a['bbox'][1] + a['bbox'][3]] for a in anns]
         masks = np.stack([coco.annToMask(a) for a in anns]) if anns else None
         truth_row.append(draw(image, boxes, [a['category_id'] - 1 for a in anns], masks, classes))
-        pred = inference_detector(model, image).pred_instances
+        pred = inference_detector(model, image.copy()).pred_instances
         pred = pred[pred.scores > score_thr]
         pred_row.append(draw(image, pred.bboxes.numpy(), pred.labels.numpy(),
                              pred.masks.numpy() if 'masks' in pred else None, classes,
@@ -100,6 +108,8 @@ def main() -> int:
     parser.add_argument('--work-dir', type=Path, default=ROOT / 'work_dirs/shapes_demo')
     parser.add_argument('--num-train', type=int, default=400)
     parser.add_argument('--num-val', type=int, default=50)
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='more overrides for the demo config, passed to train.py and test.py')
     args = parser.parse_args()
     start = time.time()
 
@@ -110,7 +120,7 @@ def main() -> int:
         print(f'generated {args.num_train} + {args.num_val} shapes images in {args.data_root}')
 
     python = sys.executable
-    options = data_options(args.data_root.resolve())
+    options = data_options(args.data_root.resolve()) + args.cfg_options
     run([python, 'tools/train.py', str(CONFIG), '--work-dir', str(args.work_dir),
          '--cfg-options', *options])
     checkpoint = Path((args.work_dir / 'last_checkpoint').read_text().strip())
@@ -119,7 +129,7 @@ def main() -> int:
          '--cfg-options', *options])
 
     losses = [r for r in read_scalars(args.work_dir) if 'loss' in r]
-    metrics = [r for r in read_scalars(test_dir) if 'coco/bbox_mAP' in r][-1]
+    metrics = read_test_metrics(test_dir)
     picture = args.work_dir / 'predictions.png'
     save_predictions(checkpoint, args.data_root, picture)
 

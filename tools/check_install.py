@@ -1,7 +1,7 @@
 """Build vHeat-T as a backbone in each installed OpenMMLab toolbox and run it on an image.
 
 Prints, per registry name, the feature shapes and the parameter count, and the classifier's.
-Usage: python tools/demo.py [--size H W]
+Usage: python tools/check_install.py [--size H W]
 """
 from __future__ import annotations
 
