@@ -172,3 +172,67 @@ def test_drop_path_is_stochastic_in_training_only():
     assert not torch.allclose(model(x), model(x))
     model.eval()
     torch.testing.assert_close(model(x), model(x))
+
+
+def _folded_buffers(model):
+    return {name: buf for name, buf in model.named_buffers() if '.folded.' in name}
+
+
+def test_evaluation_caches_attenuation_until_the_weights_change():
+    """Under no_grad decay**k and the resized freq_embed are computed once per size, kept as
+    non-persistent buffers, and rebuilt after an optimizer step or a load_state_dict."""
+    model = VHeatFeatures(MINI, img_size=64).eval()
+    x = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        first = model(x)
+        cached = _folded_buffers(model)
+        again = model(x)
+    sizes = ['{}x{}'.format(*f.shape[-2:]) for f in first]
+    assert sorted(cached) == sorted(f'layers.{i}.{j}.op.folded.cache_{sizes[i]}'
+                                    for i, stage in enumerate(model.layers)
+                                    for j in range(len(stage.blocks)))
+    assert all(buf is _folded_buffers(model)[k] for k, buf in cached.items())  # not rebuilt
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not any('cache_' in k for k in model.state_dict())
+
+    # train a step: the cache must follow the new weights
+    model.train()
+    sum(f.sum() for f in model(x)).backward()
+    assert _folded_buffers(model).keys() == cached.keys()  # training does not touch the cache
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.eval()
+    fresh = VHeatFeatures(MINI, img_size=64).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for a, b in zip(model(x), fresh(x)):
+            torch.testing.assert_close(a, b)
+        # load_state_dict copies in place: the cache follows too
+        model.load_state_dict(VHeatFeatures(MINI, img_size=64).state_dict())
+        reference = VHeatFeatures(MINI, img_size=64).eval()
+        reference.load_state_dict(model.state_dict())
+        for a, b in zip(model(x), reference(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_training_recomputes_attenuation_with_gradients():
+    model = VHeatFeatures(MINI, img_size=64).train()
+    sum(f.sum() for f in model(torch.randn(2, 3, 64, 64))).backward()
+    assert not _folded_buffers(model)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.freq_embed)
+    assert all(block.op.to_k[0].weight.grad is not None
+               for stage in model.layers for block in stage.blocks)
+
+
+def test_cache_built_in_inference_mode_serves_later_autograd():
+    model = VHeatFeatures(MINI, img_size=64).eval()
+    model.switch_to_deploy()
+    x = torch.randn(1, 3, 96, 80)  # another size than the one folded by switch_to_deploy
+    with torch.inference_mode():
+        expected = model(x)
+    x.requires_grad_(True)
+    out = model(x)  # deploy form with gradients to the input, using the cached tensors
+    sum(o.sum() for o in out).backward()
+    assert x.grad is not None
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a.detach(), b)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import NamedTuple, Sequence
+from typing import Callable, Hashable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,29 +165,49 @@ class Mlp(nn.Module):
 class TensorCache(nn.Module):
     """Derived tensors kept as non-persistent buffers, keyed by name.
 
-    Buffers follow ``module.to()`` and stay out of the state dict. An entry whose device or dtype
-    no longer matches the request is rebuilt. At most ``max_entries`` are kept (oldest dropped).
+    Buffers follow ``module.to()`` and stay out of the state dict. An entry is rebuilt when its
+    device or dtype no longer matches the request, or when the request's ``tag`` (e.g. the
+    versions of the weights it was derived from) differs from the one it was built with. At most
+    ``max_entries`` are kept (oldest dropped). Entries never require grad and are built outside
+    inference mode, so they can be used in any later mode.
     """
 
     def __init__(self, max_entries: int = 16):
         super().__init__()
         self.max_entries = max_entries
+        self._tags: dict[str, Hashable] = {}
 
-    def get(self, key: str, build, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
+            dtype: torch.dtype, tag: Hashable = None) -> Tensor:
         name = f'cache_{key}'
         cached = self._buffers.get(name)
-        if cached is None or cached.device != device or cached.dtype != dtype:
+        if cached is None or cached.device != device or cached.dtype != dtype \
+                or self._tags.get(name) != tag:
+            self._buffers.pop(name, None)
             while len(self._buffers) >= self.max_entries:
-                del self._buffers[next(iter(self._buffers))]
-            cached = build().to(device=device, dtype=dtype)
+                self._tags.pop(oldest := next(iter(self._buffers)), None)
+                del self._buffers[oldest]
+            with torch.inference_mode(False), torch.no_grad():
+                cached = build().to(device=device, dtype=dtype)
             self.register_buffer(name, cached, persistent=False)
+            self._tags[name] = tag
         return cached
 
     def clear(self) -> None:
         self._buffers.clear()
+        self._tags.clear()
 
     def extra_repr(self) -> str:
         return f'entries={list(self._buffers)}'
+
+
+def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...]:
+    """Identifies the current values of ``tensors``: storage and in-place version of each.
+
+    Optimizer steps and ``load_state_dict`` modify parameters in place, which bumps the version,
+    so a cache tagged with this is rebuilt after them.
+    """
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 class HeatContext(NamedTuple):
@@ -196,14 +216,17 @@ class HeatContext(NamedTuple):
     basis_w: Tensor      # (W, W) DCT-II basis
     decay: Tensor        # (H, W) exp(-((n pi/H)^2 + (m pi/W)^2))
     freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
+    freq_embed_tag: Hashable  # weights_tag of the stage's freq_embed parameter
 
 
 class HeatConductionOperator(nn.Module):
     """HCO: dwconv -> Linear(C, 2C) -> [u, z]; u <- IDCT(DCT(u) * decay^k); Linear(LN(u) * SiLU(z)).
 
     k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
-    After :meth:`switch_to_deploy` the attenuation decay^k is folded per feature size on first
-    use and kept (the weights are frozen then).
+    The attenuation decay^k is recomputed on every forward only when gradients may flow to the
+    weights (training). Otherwise (evaluation under ``no_grad``, and the deploy form after
+    :meth:`switch_to_deploy`) it is computed once per feature size and kept until the weights
+    change.
     """
 
     def __init__(self, dim: int):
@@ -217,12 +240,14 @@ class HeatConductionOperator(nn.Module):
         self.folded = TensorCache()
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C); in deploy form folded once per feature size."""
-        if not self.deploy:
+        """decay ** k, shape (H, W, C); cached per feature size unless gradients are needed."""
+        if torch.is_grad_enabled() and not self.deploy:
             return self._decay_pow_k(ctx)
         h, w = ctx.decay.shape
-        return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx).detach(),
-                               device=ctx.decay.device, dtype=ctx.decay.dtype)
+        linear = self.to_k[0]
+        return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
+                               device=ctx.decay.device, dtype=ctx.decay.dtype,
+                               tag=(ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias)))
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
         return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
@@ -324,7 +349,7 @@ class _VHeatTrunk(nn.Module):
             last = i == self.num_stages - 1
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
-        self.heat_cache = TensorCache(max_entries=32)
+        self.heat_cache = TensorCache(max_entries=64)
         self.deploy = False
         self.with_cp = with_cp
 
@@ -357,15 +382,25 @@ class _VHeatTrunk(nn.Module):
                              f'got {tuple(x.shape)}')
 
     def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
-        """Bases, decay map and freq_embed of ``stage`` at feature size (height, width)."""
-        kw = dict(device=like.device, dtype=self.freq_embed[stage].dtype)
+        """Bases, decay map and freq_embed of ``stage`` at feature size (height, width).
+
+        The resized freq_embed is cached like the attenuation: unless gradients are needed.
+        """
+        freq_embed = self.freq_embed[stage]
+        kw = dict(device=like.device, dtype=freq_embed.dtype)
+        tag = weights_tag(freq_embed)
+        if torch.is_grad_enabled() and freq_embed.requires_grad:
+            resized = resize_freq_embed(freq_embed, (height, width))
+        else:
+            resized = self.heat_cache.get(
+                f'freq_embed{stage}_{height}x{width}',
+                lambda: resize_freq_embed(freq_embed, (height, width)), **kw, tag=tag)
         return HeatContext(
             self.heat_cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
             self.heat_cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
             self.heat_cache.get(f'decay{height}x{width}',
                                 lambda: heat_decay_map(height, width), **kw),
-            resize_freq_embed(self.freq_embed[stage], (height, width)),
-        )
+            resized, tag)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Channels-last output of every stage, before its downsampling."""
