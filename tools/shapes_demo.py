@@ -70,7 +70,7 @@ def draw(image: np.ndarray, boxes, labels, masks, classes, scores=None) -> np.nd
 
 
 def save_predictions(checkpoint: Path, data_root: Path, out_path: Path, num_images: int = 4,
-                     score_thr: float = 0.5) -> None:
+                     score_thr: float = 0.3) -> None:
     """A grid: ground truth (top row) and predictions above ``score_thr`` (bottom row)."""
     from mmdet.apis import inference_detector, init_detector
     from pycocotools.coco import COCO
