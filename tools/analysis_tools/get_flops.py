@@ -24,7 +24,6 @@ correct handle for the broadcasted matmuls of the HCO's DCTs.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import sys
 from collections import Counter
@@ -33,7 +32,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from mmengine.analysis import parameter_count
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
 import vheat_mm  # noqa: F401  registers vHeat
@@ -69,7 +68,6 @@ def parse_shape(shape: Sequence[int] | None, toolbox: str) -> tuple[int, int]:
 
 def build_model(cfg: Config, toolbox: str, *, deploy: bool = True) -> nn.Module:
     """The config's model, from the toolbox's registry, in eval mode (and deployed form)."""
-    init_default_scope(toolbox)
     shared.replace_sync_bn(cfg)
     model = importlib.import_module(f'{toolbox}.registry').MODELS.build(cfg.model)
     if toolbox == 'mmseg' and getattr(model, 'auxiliary_head', None) is not None:
@@ -98,6 +96,18 @@ def make_inputs(model: nn.Module, toolbox: str, shape: tuple[int, int]) -> tuple
     return data['inputs'], data['data_samples']
 
 
+class TensorMode(nn.Module):
+    """``model(inputs, data_samples, mode='tensor')`` as a module of one input, to be traced."""
+
+    def __init__(self, model: nn.Module, data_samples: Any):
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs: Tensor) -> Any:
+        return self.model(inputs, self.data_samples, mode='tensor')
+
+
 def count(model: nn.Module, inputs: Tensor, data_samples: Any, *,
           deployed: bool = True) -> tuple[int, Counter, Counter]:
     """Total FLOPs, FLOPs per operator and skipped ops of ``model`` in 'tensor' mode.
@@ -106,16 +116,11 @@ def count(model: nn.Module, inputs: Tensor, data_samples: Any, *,
     (done once per size), so the trace holds only what inference repeats. Not deployed: traced
     with gradients enabled, so that k is computed in the forward, as in training.
     """
-    forward = model.forward
-    model.forward = functools.partial(forward, data_samples=data_samples, mode='tensor')
-    try:
-        with torch.set_grad_enabled(not deployed):
-            if deployed:
-                model.backbone(inputs)
-            analyzer = flop_analyzer(model, (inputs,))
-            return analyzer.total(), analyzer.by_operator(), analyzer.unsupported_ops()
-    finally:
-        model.forward = forward
+    with torch.set_grad_enabled(not deployed):
+        if deployed:
+            model.backbone(inputs)
+        analyzer = flop_analyzer(TensorMode(model, data_samples), (inputs,))
+        return analyzer.total(), analyzer.by_operator(), analyzer.unsupported_ops()
 
 
 def get_flops(config: str, shape: Sequence[int] | None = None,
@@ -124,9 +129,10 @@ def get_flops(config: str, shape: Sequence[int] | None = None,
     cfg, toolbox = shared.load_config(config, work_dir=None, cfg_options=cfg_options,
                                       launcher='none')
     size = parse_shape(shape, toolbox)
-    model = build_model(cfg, toolbox, deploy=deploy)
-    inputs, data_samples = make_inputs(model, toolbox, size)
-    flops, by_operator, skipped = count(model, inputs, data_samples, deployed=deploy)
+    with DefaultScope.overwrite_default_scope(toolbox):  # leaves no global scope behind
+        model = build_model(cfg, toolbox, deploy=deploy)
+        inputs, data_samples = make_inputs(model, toolbox, size)
+        flops, by_operator, skipped = count(model, inputs, data_samples, deployed=deploy)
     return Complexity(toolbox, tuple(inputs.shape[-2:]), flops, parameter_count(model)[''],
                       by_operator, skipped, deploy)
 
