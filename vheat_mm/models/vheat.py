@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .heat import dct_basis, heat_conduction, heat_decay_map, resize_freq_embed
+from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_decay_map,
+                   resize_freq_embed)
 
 __all__ = ['ARCH_SETTINGS', 'resolve_arch', 'VHeat', 'VHeatFeatures', 'HeatConductionOperator']
 
@@ -169,7 +170,14 @@ class TensorCache(nn.Module):
     device or dtype no longer matches the request, or when the request's ``tag`` (e.g. the
     versions of the weights it was derived from) differs from the one it was built with. At most
     ``max_entries`` are kept (oldest dropped). Entries never require grad and are built outside
-    inference mode, so they can be used in any later mode.
+    inference mode and with autocast off, so they can be used in any later mode and do not depend
+    on the autocast state of the call that built them.
+
+    While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
+    the cache is read-only: an entry of the right device and dtype is used as it is (its tag,
+    storage pointers and versions, cannot be traced, so pass ``tag=None`` there), and a missing
+    one is computed in the graph without being stored (registering a buffer while tracing would
+    change the module and force a recompilation on the next call).
     """
 
     def __init__(self, max_entries: int = 16):
@@ -181,13 +189,19 @@ class TensorCache(nn.Module):
             dtype: torch.dtype, tag: Hashable = None) -> Tensor:
         name = f'cache_{key}'
         cached = self._buffers.get(name)
+        if torch.compiler.is_compiling():
+            if cached is not None and cached.device == device and cached.dtype == dtype:
+                return cached
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                return build().to(device=device, dtype=dtype)
         if cached is None or cached.device != device or cached.dtype != dtype \
                 or self._tags.get(name) != tag:
             self._buffers.pop(name, None)
             while len(self._buffers) >= self.max_entries:
                 self._tags.pop(oldest := next(iter(self._buffers)), None)
                 del self._buffers[oldest]
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), \
+                    torch.autocast(device.type, enabled=False):
                 cached = build().to(device=device, dtype=dtype)
             self.register_buffer(name, cached, persistent=False)
             self._tags[name] = tag
@@ -227,7 +241,14 @@ class HeatConductionOperator(nn.Module):
     weights (training). Otherwise (evaluation under ``no_grad``, and the deploy form after
     :meth:`switch_to_deploy`) it is computed once per feature size and kept until the weights
     change.
+
+    Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (with k
+    from a bfloat16 linear, decay^k is up to 9% off at single high frequencies), the DCT and
+    IDCT matmuls in the autocast dtype; set ``float32_transforms = True`` (on the class or an
+    instance) to run the whole heat conduction in float32 (see :func:`heat_conduction`).
     """
+
+    float32_transforms: bool = False
 
     def __init__(self, dim: int):
         super().__init__()
@@ -240,22 +261,31 @@ class HeatConductionOperator(nn.Module):
         self.folded = TensorCache()
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C); cached per feature size unless gradients are needed."""
-        if torch.is_grad_enabled() and not self.deploy:
+        """decay ** k, shape (H, W, C); cached per feature size unless gradients are needed.
+
+        Compiled code uses the cache only in the deploy form (frozen weights; see
+        :class:`TensorCache`), and otherwise computes decay ** k in the graph.
+        """
+        compiling = torch.compiler.is_compiling()
+        if not self.deploy and (compiling or torch.is_grad_enabled()):
             return self._decay_pow_k(ctx)
         h, w = ctx.decay.shape
         linear = self.to_k[0]
+        tag = None if compiling else (ctx.freq_embed_tag,
+                                      weights_tag(linear.weight, linear.bias))
         return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
-                               device=ctx.decay.device, dtype=ctx.decay.dtype,
-                               tag=(ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias)))
+                               device=ctx.decay.device, dtype=ctx.decay.dtype, tag=tag)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
-        return torch.pow(ctx.decay[:, :, None], self.to_k(ctx.freq_embed))
+        return float32_under_autocast(
+            lambda decay, embed: torch.pow(decay[:, :, None], self.to_k(embed)),
+            ctx.decay, ctx.freq_embed)
 
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
         x = self.dwconv(_nchw(x)).permute(0, 2, 3, 1)
         u, z = self.linear(x).chunk(2, dim=-1)
-        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx))
+        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
+                            float32=self.float32_transforms)
         return self.out_linear(self.out_norm(u) * F.silu(z))
 
 
@@ -384,12 +414,17 @@ class _VHeatTrunk(nn.Module):
     def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
         """Bases, decay map and freq_embed of ``stage`` at feature size (height, width).
 
-        The resized freq_embed is cached like the attenuation: unless gradients are needed.
+        The resized freq_embed is cached like the attenuation: unless gradients are needed, and
+        in compiled code only in the deploy form. At its own size freq_embed is used as it is
+        (not cached: a buffer aliasing a parameter would break ``torch.export``).
         """
         freq_embed = self.freq_embed[stage]
         kw = dict(device=like.device, dtype=freq_embed.dtype)
-        tag = weights_tag(freq_embed)
-        if torch.is_grad_enabled() and freq_embed.requires_grad:
+        compiling = torch.compiler.is_compiling()
+        tag = None if compiling else weights_tag(freq_embed)
+        if tuple(freq_embed.shape[:2]) == (height, width) \
+                or (torch.is_grad_enabled() and freq_embed.requires_grad) \
+                or (compiling and not self.deploy):
             resized = resize_freq_embed(freq_embed, (height, width))
         else:
             resized = self.heat_cache.get(
@@ -418,7 +453,16 @@ class _VHeatTrunk(nn.Module):
 
         The attenuation at the native resolution is folded now; any other feature size is
         folded on first use, so the deploy form works at every input size.
+
+        ``torch.compile`` and ``torch.onnx.export`` / ``torch.export`` of the deployed model
+        read these tensors without checking the weights' versions (that check cannot be
+        traced): call ``switch_to_deploy()`` again after changing the weights. At a size whose
+        tensors are not folded yet, the compiled graph or exported program computes them
+        itself (nothing is stored while tracing); one eager forward at that size first lets it
+        use the folded tensors instead. Either way, compiling with ``dynamic=False`` traces
+        once per input size and never again at a size already seen.
         """
+        self.heat_cache.clear()
         for i, stage in enumerate(self.layers):
             size = self.freq_embed[i].shape[:2]
             ctx = self.heat_context(i, size[0], size[1], self.freq_embed[i])
