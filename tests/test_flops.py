@@ -1,5 +1,4 @@
 """FLOP counting: vheat_mm.analysis (the HCO matmul handle), tools/analysis_tools/get_flops.py."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
-from conftest import MINI
+from conftest import MINI, load_script
 from vheat_mm.analysis import flop_analyzer, switch_to_deploy
 from vheat_mm.models import VHeat
 from vheat_mm.models.heat import dct_2d, dct_basis, heat_conduction
@@ -22,14 +21,7 @@ CLASSIFICATION = ROOT / 'configs' / 'classification'
 PAPER_GFLOPS = {'t': 4.6, 's': 8.5, 'b': 14.9}
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('get_flops', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script(TOOL)
 
 
 class HCO(nn.Module):

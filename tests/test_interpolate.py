@@ -3,7 +3,6 @@
 The expected padding is computed here from its definition (the official tool's): stage i's
 (s, s, C) freq_embed is zero-padded at the bottom and right by n = (tg - pt) // 2**(i + 2).
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MINI
+from conftest import MINI, load_script
 from vheat_mm import load_pretrained
 from vheat_mm.checkpoint import convert_freq_embeds, write_checkpoint
 from vheat_mm.models import VHeat, VHeatFeatures
@@ -24,14 +23,7 @@ SCRIPT = ROOT / 'interpolate4downstream.py'
 PT, TG = 64, 128
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location('interpolate4downstream', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_script(SCRIPT)
 
 
 def documented_pad(freq_embed, stage, pt=PT, tg=TG):
