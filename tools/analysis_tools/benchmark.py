@@ -145,6 +145,13 @@ def _load_file(name: str, path: Path):
     return module
 
 
+def official_detection_module(checkout: Path):
+    """The official detection/model.py (it registers MMDET_VHEAT into mmdet on import)."""
+    if str(checkout / 'detection') not in sys.path:
+        sys.path.insert(0, str(checkout / 'detection'))
+    return _load_file('official_vheat_det', checkout / 'detection/model.py')
+
+
 def build_official(checkout: Path, arch: str, case: Case) -> nn.Module:
     if case.part == 'classifier':
         module = _load_file('official_vheat_cls', checkout / 'classification/models/vHeat.py')
@@ -157,10 +164,7 @@ def build_official(checkout: Path, arch: str, case: Case) -> nn.Module:
         return model
     if case.mode == 'deploy':
         raise SystemExit('the official downstream backbone has no deploy form; use eval')
-    if str(checkout / 'detection') not in sys.path:
-        sys.path.insert(0, str(checkout / 'detection'))
-    module = _load_file('official_vheat_det', checkout / 'detection/model.py')
-    model = module.MMDET_VHEAT(img_size=BACKBONE_IMG_SIZE, **_official_kwargs(arch))
+    model = official_detection_module(checkout).MMDET_VHEAT(img_size=BACKBONE_IMG_SIZE, **_official_kwargs(arch))
     model.eval()
     return model
 
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         # the official detection module registers MMDET_VHEAT into mmdet; import it before
         # vheat_mm so that neither registration is refused (vheat_mm then leaves it in place)
         if any(c.part == 'backbone' for c in args.cases):
-            build_official(args.official, args.arch, Case('backbone', 'eval', 64, 64, 1))
+            official_detection_module(args.official)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
