@@ -36,9 +36,10 @@ def _tail(text: str | bytes | None, lines: int = 40) -> str:
     return '\n'.join((text or '').splitlines()[-lines:])
 
 
-def run_tool(*args: str | os.PathLike, timeout: float = TIMEOUT,
-             env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command in the repository root with the repository on PYTHONPATH; it must succeed.
+def run_tool(*args: str | os.PathLike, timeout: float = TIMEOUT, env: dict | None = None,
+             returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run a command in the repository root with the repository on PYTHONPATH; it must exit with
+    ``returncode`` (success unless told; a negative code is a signal's number).
 
     On failure or timeout the assertion message holds the tails of stdout and stderr.
     """
@@ -52,9 +53,9 @@ def run_tool(*args: str | os.PathLike, timeout: float = TIMEOUT,
     except subprocess.TimeoutExpired as err:
         pytest.fail(f'{" ".join(command)} ran past {timeout} s\n--- stdout\n{_tail(err.stdout)}'
                     f'\n--- stderr\n{_tail(err.stderr)}')
-    assert done.returncode == 0, (f'{" ".join(command)} exited with {done.returncode}\n'
-                                  f'--- stdout\n{_tail(done.stdout)}\n'
-                                  f'--- stderr\n{_tail(done.stderr)}')
+    assert done.returncode == returncode, (
+        f'{" ".join(command)} exited with {done.returncode}, not {returncode}\n'
+        f'--- stdout\n{_tail(done.stdout)}\n--- stderr\n{_tail(done.stderr)}')
     return done
 
 

@@ -104,6 +104,23 @@ def test_amp_resume_and_auto_scale_lr(logged):
         shared.enable_auto_scale_lr(config())
 
 
+def test_checkpoint_hook_becomes_the_atomic_one(logged):
+    from mmengine.registry import HOOKS
+
+    from vheat_mm.mm.checkpoint_hook import AtomicCheckpointHook
+
+    cfg = config(default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2)))
+    assert shared.use_atomic_checkpoints(cfg) == [
+        'default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook']
+    assert cfg.default_hooks.checkpoint == dict(type='AtomicCheckpointHook', interval=2)
+    assert logged == ['checkpoints are written atomically: default_hooks.checkpoint: '
+                      'CheckpointHook -> AtomicCheckpointHook']
+    assert HOOKS.get('AtomicCheckpointHook') is AtomicCheckpointHook
+    for cfg in (config(), config(default_hooks=dict(checkpoint=None)),
+                config(default_hooks=dict(checkpoint=dict(type='mmengine.CheckpointHook')))):
+        assert shared.use_atomic_checkpoints(cfg) == []
+
+
 def test_mmpretrain_dataloader_defaults():
     cfg = config(train_dataloader=dict(num_workers=2, batch_size=4),
                  val_dataloader=dict(num_workers=0, collate_fn=dict(type='pseudo_collate')),

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
+from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm import runner as shared
 
 
@@ -49,7 +50,10 @@ def main() -> None:
     runner = shared.build_runner(cfg, toolbox=toolbox)
     if args.out is not None:
         shared.attach_dump_metric(runner, toolbox=toolbox, out=args.out)
-    runner.test()
+    try:
+        runner.test()
+    except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint
+        sys.exit(f'test.py: error: {err}')
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import sys
 import torch
 
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
+from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm import runner as shared
 
 
@@ -47,11 +48,15 @@ def main() -> None:
     except shared.ToolConfigError as err:
         sys.exit(f'train.py: error: {err}')
     shared.set_resume(cfg, resume=args.resume)
+    shared.use_atomic_checkpoints(cfg)
     shared.set_dataloader_defaults(
         cfg, toolbox=toolbox, fields=('train_dataloader', 'val_dataloader', 'test_dataloader'),
         persistent_workers=True)
     runner = shared.build_runner(cfg, toolbox=toolbox)
-    runner.train()
+    try:
+        runner.train()
+    except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint to resume from
+        sys.exit(f'train.py: error: {err}')
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 
 Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
 ``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
+mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook``.
 """
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ def register_all() -> tuple[str, ...]:
     """Register into every installed toolbox; returns the toolboxes registered into."""
     if not _installed('mmengine'):
         return ()
+    from mmengine.registry import HOOKS
+
     from .backbone import VHeatBackbone, build_official_backbone
+    from .checkpoint_hook import AtomicCheckpointHook
     from .safe_load import allow_mmengine_checkpoints
 
     allow_mmengine_checkpoints()
+    if 'AtomicCheckpointHook' not in HOOKS.module_dict:
+        HOOKS.register_module(module=AtomicCheckpointHook)
     done = []
     for toolbox, registry_module in REGISTRY_MODULES.items():
         if not _installed(toolbox):

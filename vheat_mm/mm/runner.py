@@ -9,6 +9,11 @@ also with several processes: BN instead of SyncBN and, for several processes, th
 backend instead of ``nccl`` and DDP without ``device_ids``. :func:`build_runner` applies it
 and, for a distributed launch, initialises the process group with mmengine's own launcher code
 (see :func:`init_distributed_without_cuda`).
+
+On any machine, :func:`build_runner` makes mmengine read checkpoints with ``weights_only=True``
+(:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`), and ``tools/train.py`` saves them
+with :class:`~vheat_mm.mm.checkpoint_hook.AtomicCheckpointHook` (:func:`use_atomic_checkpoints`),
+so that a run killed at any point resumes from a complete checkpoint.
 """
 from __future__ import annotations
 
@@ -32,10 +37,13 @@ from mmengine.runner import Runner
 from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.parallel import DistributedDataParallel
 
+from .safe_load import use_weights_only_loading
+
 __all__ = ['ToolConfigError', 'TOOLBOXES', 'LAUNCHERS', 'add_launch_arguments',
            'export_local_rank', 'load_config', 'select_toolbox', 'enable_amp',
            'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
+           'use_atomic_checkpoints',
            'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'adapt_to_cpu',
            'init_distributed_without_cuda', 'build_runner', 'close_distributed']
 
@@ -243,6 +251,23 @@ def attach_dump_metric(runner: Runner, *, toolbox: str, out: str) -> None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def use_atomic_checkpoints(cfg: Config) -> list[str]:
+    """Save checkpoints with ``AtomicCheckpointHook`` where the config uses ``CheckpointHook``.
+
+    mmengine's hook can leave a truncated checkpoint, or a ``last_checkpoint`` naming a deleted
+    one, when the run is killed while saving (see :mod:`vheat_mm.mm.checkpoint_hook`). Any other
+    hook type is left as it is. Logs and returns the change.
+    """
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if hook is None or hook.get('type') != 'CheckpointHook':
+        return []
+    hook.type = 'AtomicCheckpointHook'
+    change = 'default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook'
+    _log(f'checkpoints are written atomically: {change}')
+    return [change]
+
+
 # ----------------------------------------------------------------------------- CPU
 def use_gloo_backend(cfg: Config) -> list[str]:
     """Set ``env_cfg.dist_cfg.backend`` to ``gloo`` where it names a GPU-only backend (nccl).
@@ -357,10 +382,14 @@ def init_distributed_without_cuda(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config, *, toolbox: str) -> Runner:
-    """The runner for ``cfg`` (``runner_type`` from the toolbox's registry); adapted if no CUDA."""
+    """The runner for ``cfg`` (``runner_type`` from the toolbox's registry); adapted if no CUDA.
+
+    The runner reads checkpoints (``load_from``, ``resume``) with ``weights_only=True``.
+    """
     if toolbox == 'mmdet':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
         setup_cache_size_limit_of_dynamo()
+    use_weights_only_loading()
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
         if cfg.launcher != 'none' and not is_distributed():

@@ -9,14 +9,20 @@ the safety stays on: a checkpoint holding anything else is still refused.
 A HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``. Rather
 than allowing ``builtins.getattr`` itself, the allowlist maps that global to
 :func:`history_buffer_method`, which resolves only public methods of HistoryBuffer.
+
+The tools also route mmengine's own checkpoint reading (``--resume``, ``load_from``, the test
+checkpoint) through :func:`vheat_mm.checkpoint.read_checkpoint`: :func:`use_weights_only_loading`.
 """
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+
+from ..checkpoint import CheckpointError, is_url, read_checkpoint
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
@@ -46,3 +52,30 @@ def mmengine_checkpoint_types() -> list:
 
 def allow_mmengine_checkpoints() -> None:
     torch.serialization.add_safe_globals(mmengine_checkpoint_types())
+
+
+def load_from_weights_only(filename: str, map_location: object = None) -> dict:
+    """mmengine ``CheckpointLoader`` scheme for local files and http(s) URLs.
+
+    Reads with :func:`vheat_mm.checkpoint.read_checkpoint` (``weights_only=True``, on the CPU;
+    the runner moves the values to the model's device). An unsafe pickle, a truncated or a
+    missing file raise :class:`~vheat_mm.checkpoint.CheckpointError` naming the file.
+    ``map_location`` is accepted for the scheme's signature and not used.
+    """
+    try:
+        return read_checkpoint(filename if is_url(filename) else os.path.expanduser(filename))
+    except FileNotFoundError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def use_weights_only_loading() -> None:
+    """Make mmengine read local and http(s) checkpoints with :func:`load_from_weights_only`.
+
+    mmengine 0.10 reads local files with ``torch.load`` and torch's default ``weights_only``
+    (True in torch >= 2.6, unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set) and URLs with
+    ``torch.hub.load_state_dict_from_url``, whose default is ``weights_only=False``.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes=('', 'http://', 'https://'),
+                                     loader=load_from_weights_only, force=True)
