@@ -33,3 +33,35 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# Files torch.load cannot read, and what read_checkpoint says about each (after the path).
+DAMAGED_FILES = {
+    'truncated': 'the zip archive is truncated (an interrupted download or copy?); expected a '
+                 'complete file written by torch.save',
+    'random_bytes': 'it is neither a zip archive (what torch.save writes) nor a readable legacy '
+                    'torch file',
+    'zip_not_torch': 'a zip archive without data.pkl, not written by torch.save (it holds '
+                     'notes.txt, weights.bin)',
+    'empty': 'the file is empty; expected a complete file written by torch.save',
+}
+
+
+def write_damaged_checkpoint(path: Path, kind: str, checkpoint: dict) -> None:
+    """Write a file of one of the :data:`DAMAGED_FILES` kinds to ``path``: ``checkpoint`` saved
+    and cut short, random bytes, a zip archive that torch.save did not write, or nothing."""
+    import zipfile
+    if kind == 'truncated':
+        torch.save(checkpoint, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == 'random_bytes':
+        generator = torch.Generator().manual_seed(0)
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=generator).tolist()))
+    elif kind == 'zip_not_torch':
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('notes.txt', 'not a checkpoint')
+            archive.writestr('weights.bin', bytes(64))
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    else:
+        raise ValueError(f'unknown kind {kind!r}; choose one of {sorted(DAMAGED_FILES)}')

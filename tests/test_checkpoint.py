@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from conftest import MINI
+from conftest import DAMAGED_FILES, MINI, write_damaged_checkpoint
 from vheat_mm.checkpoint import (CheckpointError, checkpoint_filter_fn, load_pretrained,
                                  read_checkpoint)
 from vheat_mm.models import VHeat, VHeatFeatures
@@ -65,12 +65,15 @@ def test_missing_file_names_the_path(tmp_path):
         load_pretrained(VHeat(MINI, img_size=64), tmp_path / 'nowhere.pth')
 
 
-def test_truncated_file_names_the_path(tmp_path, classifier_state):
-    path = tmp_path / 'cut.pth'
-    torch.save({'model': classifier_state}, path)
-    path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match=r'cannot read checkpoint .*cut\.pth'):
+@pytest.mark.parametrize('kind', sorted(DAMAGED_FILES))
+def test_unreadable_file_says_why_in_one_line(tmp_path, classifier_state, kind):
+    path = tmp_path / 'damaged.pth'
+    write_damaged_checkpoint(path, kind, {'model': classifier_state})
+    with pytest.raises(CheckpointError) as error:
         read_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f'cannot read checkpoint {path}: ')
+    assert DAMAGED_FILES[kind] in message and '\n' not in message
 
 
 def test_tensors_that_cannot_fit_are_named(tmp_path, classifier_state):
@@ -101,8 +104,11 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
     path = tmp_path / 'evil.pth'
     torch.save({'model': classifier_state, 'extra': _Payload(str(marker))}, path)
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match=r'refusing to load .*evil\.pth'):
+    with pytest.raises(CheckpointError, match=r'refusing to load .*evil\.pth: its pickle asks for '
+                       r'\S*open, which weights_only loading does not allow .*; allowed are '
+                       r'tensors, containers') as error:
         load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
+    assert '\n' not in str(error.value)
     assert not os.path.exists(marker)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MINI, load_script
+from conftest import DAMAGED_FILES, MINI, load_script, write_damaged_checkpoint
 from vheat_mm import load_pretrained
 from vheat_mm.checkpoint import convert_freq_embeds, write_checkpoint
 from vheat_mm.models import VHeat, VHeatFeatures
@@ -152,40 +152,54 @@ def _unsafe(path):
     torch.save({'model': {'freq_embed.0': torch.zeros(1)}, 'x': Payload()}, path)
 
 
-@pytest.mark.parametrize('case, message', [
-    ('pt_not_32', 'positive multiples of 32 (the stride of the last stage), got pt_size=100'),
-    ('tg_not_32', 'got tg_size=500'),
-    ('tg_smaller', 'tg_size (32) is smaller than pt_size (64)'),
-    ('no_freq_embed', "no freq_embed in the checkpoint entry 'model' (is it a vHeat checkpoint?); "
-                      'keys found: a.weight, b.bias'),
-    ('unknown_layout', "found top-level keys ['epoch', 'weights']"),
-    ('wrong_pt_size', "model['freq_embed.0'] has shape (16, 16, 8), but pt_size=96 gives stage 0 "
-                      'a (24, 24, C) freq_embed'),
-    ('corrupt', 'cannot read checkpoint'),
-    ('unsafe', 'refusing to load'),
-    ('missing', 'checkpoint not found'),
-])
-def test_bad_inputs_exit_with_a_clear_message(tmp_path, states, case, message):
-    src, dst = tmp_path / 'pt.pth', tmp_path / 'tg.pth'
-    pt, tg = PT, TG
-    if case in ('pt_not_32', 'tg_not_32', 'tg_smaller', 'wrong_pt_size', 'corrupt'):
-        torch.save({'model': states[0]}, src)
-        pt, tg = {'pt_not_32': (100, 128), 'tg_not_32': (64, 500), 'tg_smaller': (64, 32),
-                  'wrong_pt_size': (96, 128)}.get(case, (pt, tg))
-        if case == 'corrupt':
-            src.write_bytes(src.read_bytes()[:1000])
+SIZES = 'image sizes must be positive multiples of 32 (the stride of the last stage), got '
+# case: (pt_size, tg_size, what the one-line message must contain)
+BAD_INPUTS = {
+    'pt_not_32': (100, 128, SIZES + 'pt_size=100'),
+    'tg_not_32': (64, 500, SIZES + 'tg_size=500'),
+    'neither_32': (100, 500, SIZES + 'pt_size=100, tg_size=500'),
+    'pt_zero': (0, 128, SIZES + 'pt_size=0'),
+    'tg_smaller': (64, 32, 'tg_size (32) is smaller than pt_size (64): the conversion only '
+                           'enlarges freq_embed, so tg_size must be at least pt_size'),
+    'no_freq_embed': (PT, TG, "no freq_embed in the checkpoint entry 'model' (is it a vHeat "
+                              'checkpoint?): expected keys freq_embed.<stage> or '
+                              'backbone.freq_embed.<stage>; keys found: a.weight, b.bias'),
+    'unknown_layout': (PT, TG, 'unknown checkpoint layout: expected an official entry (model, '
+                               'model_ema) or an mmengine entry (state_dict), found top-level '
+                               "keys ['epoch', 'weights']"),
+    'wrong_pt_size': (96, 128, "model['freq_embed.0'] has shape (16, 16, 8), but pt_size=96 "
+                               'gives stage 0 a (24, 24, C) freq_embed'),
+    'unsafe': (PT, TG, 'refusing to load'),
+    'missing': (PT, TG, 'checkpoint not found'),
+    **{kind: (PT, TG, message) for kind, message in DAMAGED_FILES.items()},
+}
+
+
+def write_bad_source(path, case, states):
+    """The input checkpoint of a :data:`BAD_INPUTS` case (none for 'missing')."""
+    if case in DAMAGED_FILES:
+        write_damaged_checkpoint(path, case, {'model': states[0]})
     elif case == 'no_freq_embed':
-        torch.save({'model': {'a.weight': torch.ones(1), 'b.bias': torch.ones(1)}}, src)
+        torch.save({'model': {'a.weight': torch.ones(1), 'b.bias': torch.ones(1)}}, path)
     elif case == 'unknown_layout':
-        torch.save({'weights': states[0], 'epoch': 1}, src)
+        torch.save({'weights': states[0], 'epoch': 1}, path)
     elif case == 'unsafe':
-        _unsafe(src)
+        _unsafe(path)
+    elif case != 'missing':
+        torch.save({'model': states[0]}, path)
+
+
+@pytest.mark.parametrize('case', list(BAD_INPUTS))
+def test_bad_inputs_exit_with_a_clear_message(tmp_path, states, case):
+    src, dst = tmp_path / 'pt.pth', tmp_path / 'tg.pth'
+    pt, tg, message = BAD_INPUTS[case]
+    write_bad_source(src, case, states)
     with pytest.raises(SystemExit) as exit_info:
         run('--pt_pth', src, '--pt_size', pt, '--tg_pth', dst, '--tg_size', tg)
-    assert exit_info.value.code != 0
-    assert message in str(exit_info.value.code)
-    assert str(exit_info.value.code).startswith('interpolate4downstream.py: error: ')
-    assert not dst.exists()
+    printed = exit_info.value.code  # sys.exit(message): printed to stderr, exit status 1
+    assert isinstance(printed, str) and printed.startswith('interpolate4downstream.py: error: ')
+    assert message in printed and '\n' not in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if case == 'missing' else ['pt.pth'])
 
 
 def test_padded_checkpoint_loads_into_the_target_size_without_resizing(tmp_path, states):

@@ -1,5 +1,6 @@
 """The toolbox adapters: registries, official config names, init_cfg loading, official features."""
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 import vheat_mm
-from conftest import DATA, MINI, mini_arch
+from conftest import DAMAGED_FILES, DATA, MINI, load_script, mini_arch, write_damaged_checkpoint
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat
 
@@ -67,9 +68,68 @@ def test_official_keywords(toolbox, name, tmp_path):
         registry(toolbox).build(dict(type=name, pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')))
 
 
-def test_unknown_keyword_is_an_error():
-    with pytest.raises(TypeError, match='drop_rate'):
-        registry('mmdet').build(dict(type='vHeat', arch='tiny', drop_rate=0.1))
+# case: (keywords, error, what the message must contain), for every registered name
+BAD_CONFIGS = {
+    'typo': (dict(out_indice=(1,)), TypeError,
+             "unknown keyword 'out_indice' (did you mean 'out_indices'?); allowed keywords are "),
+    'unknown_keyword': (dict(drop_rate=0.1), TypeError, "unknown keyword 'drop_rate'"),
+    'out_indices': (dict(out_indices=(0, 4)), ValueError,
+                    'out_indices must be distinct stage indices in [0, 4) (or [-4, 0) '
+                    'counting from the last), got (0, 4)'),
+    'frozen_stages_above': (dict(frozen_stages=5), ValueError,
+                            'frozen_stages must be in [-1, 4], got 5'),
+    'frozen_stages_below': (dict(frozen_stages=-2), ValueError,
+                            'frozen_stages must be in [-1, 4], got -2'),
+    'img_size': (dict(img_size=100), ValueError,
+                 'img_size must be a positive multiple of 32 (the stride of the last stage), '
+                 'got 100'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_CONFIGS))
+@pytest.mark.parametrize('toolbox,name', NAMES)
+def test_bad_config_is_a_clear_error(toolbox, name, case):
+    keywords, error, message = BAD_CONFIGS[case]
+    with pytest.raises(error, match=re.escape(message)):
+        registry(toolbox).build(config(name, **keywords))
+
+
+@pytest.mark.parametrize('toolbox,name', NAMES)
+def test_unknown_keyword_lists_every_allowed_keyword(toolbox, name):
+    allowed = (['depths', 'dims', 'post_norm', 'layer_scale', 'img_size', 'drop_path_rate',
+                'out_indices', 'use_checkpoint', 'pretrained', 'frozen_stages', 'in_chans',
+                'mlp_ratio', 'check_finite', 'init_cfg'] if name != 'vHeat' else
+               ['arch', 'img_size', 'in_channels', 'drop_path_rate', 'out_indices',
+                'frozen_stages', 'with_cp', 'check_finite', 'init_cfg'])
+    with pytest.raises(TypeError) as error:
+        registry(toolbox).build(config(name, out_indice=(1,)))
+    assert str(error.value).endswith('allowed keywords are ' + ', '.join(allowed))
+
+
+@pytest.mark.parametrize('toolbox', ['mmpretrain', 'mmdet', 'mmseg'])
+@pytest.mark.parametrize('arch, message', [
+    ('huge', "unknown vHeat arch 'huge'; choose one of ['base', 'small', 'tiny'] (or their "
+             "initials), or pass a dict with keys ['depths', 'dims', 'layer_scale', "
+             "'mlp_ratio', 'post_norm']"),
+    (dict(depth=(1, 1, 1, 1), dims=8), "arch dict: unknown keys ['depth'], missing keys "
+                                       "['depths']; allowed keys are ['depths', 'dims', "
+                                       "'layer_scale', 'mlp_ratio', 'post_norm']"),
+])
+def test_unknown_arch_lists_the_choices(toolbox, arch, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        registry(toolbox).build(dict(type='vHeat', arch=arch))
+
+
+@pytest.mark.parametrize('toolbox,name', NAMES)
+def test_check_finite_from_the_config(toolbox, name):
+    model = registry(toolbox).build(config(name, img_size=64, check_finite=True)).eval()
+    assert model.check_finite
+    x = torch.randn(1, 3, 64, 64)
+    x[0, 1, 2, 3] = float('inf')
+    with pytest.raises(ValueError, match=re.escape('check_finite: the input holds 1 non-finite '
+                                                   'values of 12288 (0 NaN, 1 inf)')):
+        model(x)
+    assert not registry(toolbox).build(config(name, img_size=64)).check_finite
 
 
 @pytest.fixture(scope='module')
@@ -227,10 +287,50 @@ def test_official_classifier_converted_gives_official_logits(official_mini, case
     torch.testing.assert_close(logits, fixture['logits'], rtol=1e-5, atol=1e-5)
 
 
-def test_converter_refuses_a_state_dict_that_is_not_an_official_classifier(tmp_path):
-    src = tmp_path / 'other.pth'
-    torch.save(dict(model={'fc.weight': torch.zeros(2, 2)}), src)
-    result = convert(src, tmp_path / 'out.pth')
+converter = load_script(ROOT / 'tools/model_converters/vheat_to_mmpretrain.py')
+
+# case: what the one-line message must contain
+CONVERTER_BAD_INPUTS = {
+    'no_freq_embed': 'not an official vHeat classifier state dict (it needs freq_embed.0 and '
+                     "classifier.3.weight); keys found: ['fc.weight']",
+    'unknown_layout': "has no 'model' entry, so it is not an official vHeat checkpoint (expected "
+                      "{'model': state_dict, ...}, and 'model_ema' with --ema); top-level keys "
+                      "found: ['meta', 'state_dict']",
+    'unsafe': 'refusing to load',
+    'missing': 'checkpoint not found',
+    **DAMAGED_FILES,
+}
+
+
+def write_converter_source(path, case):
+    """The input checkpoint of a :data:`CONVERTER_BAD_INPUTS` case (none for 'missing')."""
+    state = VHeat(MINI, img_size=64).state_dict()
+    if case in DAMAGED_FILES:
+        write_damaged_checkpoint(path, case, {'model': state})
+    elif case == 'no_freq_embed':
+        torch.save(dict(model={'fc.weight': torch.zeros(2, 2)}), path)
+    elif case == 'unknown_layout':
+        torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()}, meta={}), path)
+    elif case == 'unsafe':
+        torch.save(dict(model=state, extra=_GetattrPayload()), path)
+
+
+@pytest.mark.parametrize('case', list(CONVERTER_BAD_INPUTS))
+def test_converter_bad_inputs_exit_with_a_clear_message(tmp_path, capsys, case):
+    src, dst = tmp_path / 'official.pth', tmp_path / 'out.pth'
+    write_converter_source(src, case)
+    assert converter.main([str(src), str(dst)]) == 1
+    printed = capsys.readouterr().err.strip()
+    assert printed.startswith('vheat_to_mmpretrain.py: error: ')
+    assert CONVERTER_BAD_INPUTS[case] in printed and '\n' not in printed
+    assert not dst.exists() and all(p.name == 'official.pth' for p in tmp_path.iterdir())
+
+
+def test_converter_missing_source_leaves_an_existing_target(tmp_path):
+    dst = tmp_path / 'out.pth'
+    dst.write_bytes(b'previous')
+    result = convert(tmp_path / 'absent.pth', dst)
     assert result.returncode == 1
-    assert 'not an official vHeat classifier' in result.stderr
-    assert not (tmp_path / 'out.pth').exists()
+    assert result.stderr.strip() == ('vheat_to_mmpretrain.py: error: checkpoint not found: '
+                                     f'{tmp_path / "absent.pth"}')
+    assert dst.read_bytes() == b'previous'

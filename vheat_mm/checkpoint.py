@@ -13,6 +13,7 @@ atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -21,8 +22,9 @@ import re
 import urllib.error
 import urllib.parse
 import uuid
+import zipfile
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,8 @@ from .models.heat import resize_freq_embed
 __all__ = ['CheckpointError', 'read_checkpoint', 'is_url', 'cached_download', 'official_to_mmpretrain', 'find_state_dict', 'select_prefix',
            'checkpoint_filter_fn', 'load_pretrained', 'LoadReport', 'FreqEmbedKey',
            'check_downstream_sizes', 'find_freq_embeds', 'convert_freq_embeds',
-           'write_checkpoint', 'CONVERSION_MODES', 'FREQ_EMBED_ENTRIES']
+           'write_checkpoint', 'replaced_atomically', 'leftover_temporaries',
+           'CONVERSION_MODES', 'FREQ_EMBED_ENTRIES']
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +90,52 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f'refusing to load {path}: it holds objects that weights_only loading does not '
-            f'allow (loading it could run code). Details: {err}') from None
-    except Exception as err:  # truncated zip, not a torch file, permission...
-        raise CheckpointError(f'cannot read checkpoint {path}: {type(err).__name__}: {err}') \
-            from err
+    except Exception as err:  # unsafe pickle, truncated or corrupt file, permission...
+        called = _unsafe_call(err)
+        if called:
+            raise CheckpointError(
+                f'refusing to load {path}: its pickle asks for {called}, which weights_only '
+                f'loading does not allow (loading it could run code); allowed are tensors, '
+                f"containers, numbers, strings and mmengine's checkpoint types") from None
+        raise CheckpointError(f'cannot read checkpoint {path}: {_damage(path, err)}; expected a '
+                              f'complete file written by torch.save') from err
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, not a dict of tensors')
     return dict(checkpoint)
+
+
+_UNSAFE_CALL = re.compile(r'GLOBAL (\S+)|unrecognized function (\S+)|allowlisted.*?but got '
+                          r'(\S+)|asks for (getattr\([^)]*\))')
+
+
+def _unsafe_call(err: Exception) -> str | None:
+    """The global a weights-only load refused, if that is why ``err`` was raised."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    match = _UNSAFE_CALL.search(str(err))
+    return next((group for group in match.groups() if group), None) if match else None
+
+
+def _damage(path: str, err: Exception) -> str:
+    """One line on why ``torch.load`` failed on ``path``: empty, truncated, not torch's, corrupt."""
+    if isinstance(err, OSError):
+        return f'{type(err).__name__}: {err.strerror or err}'
+    with open(path, 'rb') as file:
+        head = file.read(4)
+    if not head:
+        return 'the file is empty'
+    if head != b'PK\x03\x04':
+        return (f'it is neither a zip archive (what torch.save writes) nor a readable legacy '
+                f'torch file ({type(err).__name__}: random bytes, text or a damaged file?)')
+    if not zipfile.is_zipfile(path):
+        return 'the zip archive is truncated (an interrupted download or copy?)'
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if not any(name.endswith('/data.pkl') for name in names):
+        shown = ', '.join(names[:5]) + (', ...' if len(names) > 5 else '')
+        return f'a zip archive without data.pkl, not written by torch.save (it holds {shown})'
+    reason = re.split(r'\.\s', (str(err).strip().splitlines() or [''])[0], maxsplit=1)[0]
+    return f'the archive is corrupt ({type(err).__name__}: {reason[:200]})'
 
 
 def find_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
@@ -238,7 +277,8 @@ def check_downstream_sizes(pt_size: int, tg_size: int) -> None:
                          f'stride of the last stage), got {", ".join(bad)}')
     if tg_size < pt_size:
         raise ValueError(f'tg_size ({tg_size}) is smaller than pt_size ({pt_size}): the '
-                         f'conversion only enlarges freq_embed')
+                         f'conversion only enlarges freq_embed, so tg_size must be at least '
+                         f'pt_size')
 
 
 def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
@@ -261,7 +301,8 @@ def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
             shown = ', '.join(names[:20]) + (f', ... ({len(names)} keys)' if len(names) > 20
                                              else '')
             raise CheckpointError(f'no freq_embed in the checkpoint entry {entry!r} (is it a '
-                                  f'vHeat checkpoint?); keys found: {shown or "none"}')
+                                  f'vHeat checkpoint?): expected keys freq_embed.<stage> or '
+                                  f'backbone.freq_embed.<stage>; keys found: {shown or "none"}')
         found.extend(sorted(keys, key=lambda k: (k.stage, k.key)))
     return found
 
@@ -305,11 +346,18 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
     return converted
 
 
-def write_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
+_TEMPORARY = re.compile(r'^\..+\.[0-9a-f]{32}\.tmp$')  # what replaced_atomically names
 
-    The rename is atomic, so ``path`` never holds a partial file; on failure the temporary file
-    is removed. The directory must exist. The file gets the usual permissions (umask applies).
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``path`` to write a file to; after the block the file is fsynced
+    and renamed over ``path``.
+
+    The rename is atomic, so ``path`` holds its previous content or the complete new file, even
+    if the process is killed (a kill leaves only the temporary file, see
+    :func:`leftover_temporaries`). If the block raises, the temporary file is removed. The
+    directory must exist.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -317,12 +365,36 @@ def write_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> None:
         raise FileNotFoundError(f'the directory of {path} does not exist')
     tmp = os.path.join(directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp')
     try:
-        with open(tmp, 'xb') as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
+        yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    if os.name == 'posix':  # make the rename itself durable
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def leftover_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Temporary files of :func:`replaced_atomically` in ``directory`` (left by killed writers)."""
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                  if _TEMPORARY.match(name))
+
+
+def write_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` through :func:`replaced_atomically`.
+
+    ``path`` never holds a partial file; on failure the temporary file is removed. The directory
+    must exist. The file gets the usual permissions (umask applies).
+    """
+    with replaced_atomically(path) as tmp, open(tmp, 'xb') as file:
+        torch.save(checkpoint, file)

@@ -18,25 +18,28 @@ from vheat_mm.checkpoint import (CheckpointError, is_url, official_to_mmpretrain
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('src', help='official checkpoint (path or URL)')
     parser.add_argument('dst', help='where to write the mmpretrain checkpoint')
     parser.add_argument('--ema', action='store_true', help="convert 'model_ema', not 'model'")
     args = parser.parse_args(argv)
-    if not is_url(args.src) and os.path.exists(args.dst) \
+    if not is_url(args.src) and os.path.exists(args.src) and os.path.exists(args.dst) \
             and os.path.samefile(args.src, args.dst):
         parser.error('dst is the same file as src; choose another path')
     entry = 'model_ema' if args.ema else 'model'
     try:
         checkpoint = read_checkpoint(args.src)
         if not isinstance(checkpoint.get(entry), dict):
-            raise CheckpointError(f'{args.src} has no {entry!r} entry; top-level keys: '
-                                  f'{sorted(map(str, checkpoint))}')
+            raise CheckpointError(
+                f'{args.src} has no {entry!r} entry, so it is not an official vHeat checkpoint '
+                f"(expected {{'model': state_dict, ...}}, and 'model_ema' with --ema); top-level "
+                f'keys found: {sorted(map(str, checkpoint))}')
         state_dict = official_to_mmpretrain(checkpoint[entry])
         write_checkpoint(dict(state_dict=state_dict, meta=dict(converted_from=args.src,
                                                                entry=entry)), args.dst)
-    except (CheckpointError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
+    except (CheckpointError, OSError) as err:
+        print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 1
     print(f'wrote {len(state_dict)} tensors ({entry}) to {args.dst}')
     return 0

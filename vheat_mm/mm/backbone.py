@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+import difflib
+import functools
+import inspect
+from typing import Callable, Sequence
 
 from mmengine.logging import print_log
 from mmengine.model import initialize
@@ -13,6 +16,30 @@ from ..models import VHeatFeatures
 __all__ = ['VHeatBackbone', 'build_official_backbone']
 
 
+def reject_unknown_keywords(label: str) -> Callable[[Callable], Callable]:
+    """Decorator: an unknown keyword raises a TypeError naming it, the closest allowed keyword
+    and every allowed one (Python's own error names none of the allowed keywords)."""
+
+    def decorate(fn: Callable) -> Callable:
+        allowed = [name for name, p in inspect.signature(fn).parameters.items()
+                   if name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            unknown = [key for key in kwargs if key not in allowed]
+            if unknown:
+                named = [f'{key!r} (did you mean {close[0]!r}?)'
+                         if (close := difflib.get_close_matches(key, allowed, n=1)) else repr(key)
+                         for key in unknown]
+                raise TypeError(f'{label}: unknown keyword {", ".join(named)}; allowed keywords '
+                                f'are {", ".join(allowed)}')
+            return fn(*args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
 class VHeatBackbone(VHeatFeatures):
     """:class:`~vheat_mm.models.VHeatFeatures` with ``init_cfg``, registered as ``vHeat``.
 
@@ -20,15 +47,18 @@ class VHeatBackbone(VHeatFeatures):
     classification checkpoint, an mmengine checkpoint (with or without ``backbone.``) or a plain
     state dict when the runner calls :meth:`init_weights`; freq_embed is resized to ``img_size``
     and every key not loaded is logged. Other init types go to mmengine's ``initialize``.
+    ``check_finite=True`` (a debugging aid) raises on the first NaN or inf in the input or a
+    stage's output. An unknown keyword is a TypeError listing the allowed ones.
     """
 
+    @reject_unknown_keywords('vHeat')
     def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
                  drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False,
+                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False,
                  init_cfg: dict | list[dict] | None = None):
         super().__init__(arch, img_size=img_size, in_channels=in_channels,
                          drop_path_rate=drop_path_rate, out_indices=out_indices,
-                         frozen_stages=frozen_stages, with_cp=with_cp)
+                         frozen_stages=frozen_stages, with_cp=with_cp, check_finite=check_finite)
         self.init_cfg = copy.deepcopy(init_cfg)
         self.is_init = False
 
@@ -58,12 +88,14 @@ class VHeatBackbone(VHeatFeatures):
 def build_official_backbone(default_img_size: int):
     """A builder taking the official ``MMDET_VHEAT`` / ``MMSEG_VHEAT`` config keywords."""
 
+    @reject_unknown_keywords('vHeat (official keywords)')
     def build(*, depths: Sequence[int] = (2, 2, 9, 2), dims: int | Sequence[int] = 96,
               post_norm: bool = True, layer_scale: float | None = None,
               img_size: int = default_img_size, drop_path_rate: float = 0.1,
               out_indices: Sequence[int] = (0, 1, 2, 3), use_checkpoint: bool = False,
               pretrained: str | None = None, frozen_stages: int = -1, in_chans: int = 3,
-              mlp_ratio: float = 4.0, init_cfg: dict | None = None) -> VHeatBackbone:
+              mlp_ratio: float = 4.0, check_finite: bool = False,
+              init_cfg: dict | None = None) -> VHeatBackbone:
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('give either pretrained or init_cfg, not both')
@@ -73,7 +105,7 @@ def build_official_backbone(default_img_size: int):
         return VHeatBackbone(arch, img_size=img_size, in_channels=in_chans,
                              drop_path_rate=drop_path_rate, out_indices=out_indices,
                              frozen_stages=frozen_stages, with_cp=use_checkpoint,
-                             init_cfg=init_cfg)
+                             check_finite=check_finite, init_cfg=init_cfg)
 
     build.__doc__ = (f'vHeat backbone from the official config keywords (img_size defaults '
                      f'to {default_img_size}, as in the official code).')
