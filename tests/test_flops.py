@@ -125,7 +125,9 @@ def check_paper_figure(arch: str):
     result = tool.get_flops(str(CLASSIFICATION / f'vheat-{arch}_16xb128_in1k.py'))
     assert result.toolbox == 'mmpretrain' and result.input_shape == (224, 224)
     assert result.flops == pytest.approx(PAPER_GFLOPS[arch] * 1e9, rel=0.03)
-    assert result.skipped_ops.keys() <= {'aten::add', 'aten::mul', 'aten::gelu', 'aten::silu'}
+    # Only elementwise ops go uncounted (in place under no_grad, as the analyzer runs).
+    elementwise = {'aten::add', 'aten::mul', 'aten::gelu', 'aten::silu'}
+    assert result.skipped_ops.keys() <= elementwise | {f'{op}_' for op in elementwise}
 
 
 def test_vheat_t_at_224_is_the_paper_s_4_6g():

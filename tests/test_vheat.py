@@ -73,11 +73,76 @@ def test_unknown_arch_lists_choices():
         VHeat('tiny', drop_rate=0.1)
 
 
-def test_bad_input_shape_is_a_clear_error():
-    model = VHeat(MINI, img_size=64, num_classes=3)
-    for bad in (torch.zeros(3, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 3, 8, 8, 1)):
-        with pytest.raises(ValueError, match=re.escape('expects images of shape (B, 3, H, W)')):
-            model(bad)
+SHAPE = 'vHeat expects images of shape (B, 3, H, W), got '
+SMALL = 'vHeat needs images of at least 32x32 pixels (the stride of its last stage), got '
+
+
+@pytest.mark.parametrize('model_cls', [VHeat, VHeatFeatures])
+@pytest.mark.parametrize('shape, message', [
+    ((3, 64, 64), SHAPE + '(3, 64, 64)'),
+    ((1, 1, 64, 64), SHAPE + '(1, 1, 64, 64)'),
+    ((1, 3, 8, 8, 1), SHAPE + '(1, 3, 8, 8, 1)'),
+    ((1, 3, 31, 64), SMALL + 'H=31, W=64'),
+    ((2, 3, 64, 20), SMALL + 'H=64, W=20'),
+    ((1, 3, 1, 1), SMALL + 'H=1, W=1'),
+])
+def test_bad_input_is_a_clear_error(model_cls, shape, message):
+    model = model_cls(MINI, img_size=64).eval()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model(torch.zeros(shape))
+
+
+def test_smallest_input_is_the_stride_of_the_last_stage():
+    four = VHeatFeatures(MINI, img_size=64).eval()
+    three = VHeatFeatures(dict(depths=(1, 1, 1), dims=8), img_size=64, out_indices=(2,)).eval()
+    with torch.no_grad():
+        assert [f.shape[-2:] for f in four(torch.randn(1, 3, 32, 33))][-1] == (1, 2)
+        assert three(torch.randn(1, 3, 16, 16))[0].shape == (1, 32, 1, 1)
+    with pytest.raises(ValueError, match=re.escape('at least 16x16 pixels (the stride of its '
+                                                   'last stage), got H=16, W=15')):
+        three(torch.randn(1, 3, 16, 15))
+
+
+def _poison_stage(model, stage: int) -> None:
+    """Make every output value of ``stage`` NaN: the residual adds a NaN MLP bias."""
+    with torch.no_grad():
+        model.layers[stage][0].mlp.fc2.bias.fill_(float('nan'))
+
+
+@pytest.mark.parametrize('model_cls', [VHeat, VHeatFeatures])
+def test_check_finite_names_the_input(model_cls):
+    model = model_cls(MINI, img_size=64, check_finite=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    x[0, 0, 0, :3] = float('nan')
+    x[1, 2, 5, 5] = float('-inf')
+    with pytest.raises(ValueError, match=re.escape(
+            'check_finite: the input holds 4 non-finite values of 24576 (3 NaN, 1 inf); every '
+            'value must be finite')):
+        model(x)
+
+
+@pytest.mark.parametrize('deploy', [False, True])
+@pytest.mark.parametrize('stage', [0, 1, 2, 3])
+def test_check_finite_names_the_first_stage_with_non_finite_values(stage, deploy):
+    model = VHeatFeatures(MINI, img_size=64, check_finite=True).eval()
+    _poison_stage(model, stage)
+    if deploy:
+        model.switch_to_deploy()
+    values = (16 >> stage) ** 2 * (8 << stage)  # one image: (64 / 4 / 2^i)^2 x 8 * 2^i
+    with pytest.raises(ValueError, match=re.escape(
+            f'check_finite: the output of stage {stage} holds {values} non-finite values of '
+            f'{values} ({values} NaN, 0 inf)')):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_check_finite_is_off_by_default():
+    model = VHeatFeatures(MINI, img_size=64).eval()
+    assert not model.check_finite
+    _poison_stage(model, 1)
+    x = torch.randn(1, 3, 64, 64)
+    x[0, 0, 0, 0] = float('nan')
+    with torch.no_grad():
+        assert all(torch.isnan(f).any() for f in model(x))
 
 
 @pytest.mark.parametrize('size', [(224, 224), (512, 512), (511, 511), (112, 137)])
@@ -154,15 +219,25 @@ def test_frozen_stages(frozen_stages):
     assert model.layers[-1].training == (frozen_stages < 4)
 
 
-def test_invalid_backbone_arguments():
-    with pytest.raises(ValueError, match='out_indices'):
-        VHeatFeatures(MINI, img_size=64, out_indices=(4,))
-    with pytest.raises(ValueError, match='frozen_stages'):
-        VHeatFeatures(MINI, img_size=64, frozen_stages=5)
-    with pytest.raises(ValueError, match='img_size must be a multiple of 32'):
-        VHeatFeatures(MINI, img_size=100)
-    with pytest.raises(ValueError, match='drop_path_rate'):
-        VHeatFeatures(MINI, img_size=64, drop_path_rate=1.5)
+OUT_INDICES_RULE = ('out_indices must be distinct stage indices in [0, 4) (or [-4, 0) counting '
+                    'from the last)')
+
+
+@pytest.mark.parametrize('keywords, message', [
+    (dict(out_indices=(4,)), f'{OUT_INDICES_RULE}, got (4,)'),
+    (dict(out_indices=(-5,)), f'{OUT_INDICES_RULE}, got (-5,)'),
+    (dict(out_indices=(0, -4)), f'{OUT_INDICES_RULE}, got (0, -4)'),
+    (dict(out_indices=()), f'{OUT_INDICES_RULE}, got ()'),
+    (dict(frozen_stages=5), 'frozen_stages must be in [-1, 4], got 5'),
+    (dict(frozen_stages=-2), 'frozen_stages must be in [-1, 4], got -2'),
+    (dict(img_size=100), 'img_size must be a positive multiple of 32 (the stride of the last '
+                         'stage), got 100'),
+    (dict(img_size=0), 'img_size must be a positive multiple of 32'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate must be in [0, 1), got 1.5'),
+])
+def test_invalid_backbone_arguments(keywords, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        VHeatFeatures(MINI, **{'img_size': 64, **keywords})
 
 
 def test_drop_path_is_stochastic_in_training_only():

@@ -96,6 +96,21 @@ def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
     return x * mask.div_(keep)
 
 
+def _may_overwrite() -> bool:
+    """Whether fresh intermediate tensors may be updated in place: autograd is not recording.
+
+    Under ``no_grad`` / ``inference_mode`` the forward pass reuses each large intermediate for
+    the next elementwise step (GELU, SiLU, gating, residual sum) instead of allocating a new
+    tensor; the values are the same. With gradients enabled every step allocates, as autograd
+    may need the operands for the backward pass.
+    """
+    return not torch.is_grad_enabled()
+
+
+def _gelu(x: Tensor) -> Tensor:
+    return torch.ops.aten.gelu_(x) if _may_overwrite() else F.gelu(x)
+
+
 class Stem(nn.Sequential):
     """Two stride-2 3x3 convolutions with LayerNorm (eps 1e-6) and GELU: (B, 3, H, W) -> (B, H/4, W/4, C).
 
@@ -160,7 +175,7 @@ class Mlp(nn.Module):
         self.fc2 = PointwiseLinear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(_gelu(self.fc1(x)))
 
 
 class TensorCache(nn.Module):
@@ -224,6 +239,19 @@ def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
+def may_use_cache(deploy: bool, *weights: Tensor) -> bool:
+    """Whether tensors derived from ``weights`` may come from (and go into) a :class:`TensorCache`.
+
+    Yes in the deploy form (frozen weights), and whenever autograd will not need them (no
+    gradient enabled, or none of the weights requires one); no while ``torch.compile`` or
+    ``torch.export`` traces outside the deploy form, where the weights' versions that tag an
+    entry cannot be checked.
+    """
+    if torch.compiler.is_compiling():
+        return deploy
+    return deploy or not (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
+
+
 class HeatContext(NamedTuple):
     """What every block of a stage shares at one feature size (H, W)."""
     basis_h: Tensor      # (H, H) DCT-II basis
@@ -261,18 +289,16 @@ class HeatConductionOperator(nn.Module):
         self.folded = TensorCache()
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C); cached per feature size unless gradients are needed.
+        """decay ** k, shape (H, W, C); cached per feature size when :func:`may_use_cache`.
 
-        Compiled code uses the cache only in the deploy form (frozen weights; see
-        :class:`TensorCache`), and otherwise computes decay ** k in the graph.
+        Otherwise (training, and compiled code outside the deploy form) it is computed anew.
         """
-        compiling = torch.compiler.is_compiling()
-        if not self.deploy and (compiling or torch.is_grad_enabled()):
+        linear = self.to_k[0]
+        if not may_use_cache(self.deploy, ctx.freq_embed, linear.weight, linear.bias):
             return self._decay_pow_k(ctx)
         h, w = ctx.decay.shape
-        linear = self.to_k[0]
-        tag = None if compiling else (ctx.freq_embed_tag,
-                                      weights_tag(linear.weight, linear.bias))
+        tag = None if torch.compiler.is_compiling() else (
+            ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias))
         return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
                                device=ctx.decay.device, dtype=ctx.decay.dtype, tag=tag)
 
@@ -283,9 +309,15 @@ class HeatConductionOperator(nn.Module):
 
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
         x = self.dwconv(_nchw(x)).permute(0, 2, 3, 1)
-        u, z = self.linear(x).chunk(2, dim=-1)
+        # Two products instead of chunking one: u and z come out contiguous, with no copy.
+        width = self.out_linear.in_features
+        weight, bias = self.linear.weight, self.linear.bias
+        u = F.linear(x, weight[:width], bias[:width])
+        z = F.linear(x, weight[width:], bias[width:])
         u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
                             float32=self.float32_transforms)
+        if _may_overwrite():
+            return self.out_linear(self.out_norm(u).mul_(F.silu(z, inplace=True)))
         return self.out_linear(self.out_norm(u) * F.silu(z))
 
 
@@ -313,6 +345,10 @@ class HeatBlock(nn.Module):
 
     def _residual(self, x: Tensor, branch, norm: nn.LayerNorm, gamma: Tensor | None) -> Tensor:
         y = norm(branch(x)) if self.post_norm else branch(norm(x))
+        if _may_overwrite():
+            if gamma is not None:
+                y.mul_(gamma)
+            return drop_path(y, self.drop_path, self.training).add_(x)
         if gamma is not None:
             y = y * gamma
         return x + drop_path(y, self.drop_path, self.training)
@@ -353,12 +389,13 @@ class _VHeatTrunk(nn.Module):
     """Stem, per-stage frequency embeddings and stages; shared by the classifier and backbone."""
 
     def __init__(self, arch: str | dict, *, img_size: int, in_channels: int,
-                 drop_path_rate: float, with_cp: bool):
+                 drop_path_rate: float, with_cp: bool, check_finite: bool = False):
         super().__init__()
         self.arch = resolve_arch(arch)
-        if img_size % (PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)):
-            raise ValueError(f'img_size must be a multiple of '
-                             f'{PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)}, got {img_size}')
+        self.total_stride = PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)  # of the last stage
+        if img_size <= 0 or img_size % self.total_stride:
+            raise ValueError(f'img_size must be a positive multiple of {self.total_stride} (the '
+                             f'stride of the last stage), got {img_size}')
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
         self.img_size = img_size
@@ -382,6 +419,7 @@ class _VHeatTrunk(nn.Module):
         self.heat_cache = TensorCache(max_entries=64)
         self.deploy = False
         self.with_cp = with_cp
+        self.check_finite = bool(check_finite)
 
     @property
     def with_cp(self) -> bool:
@@ -407,24 +445,37 @@ class _VHeatTrunk(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
 
     def _check_input(self, x: Tensor) -> None:
+        """Raise a ValueError for a wrong rank or channel count, or H or W below the stride."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'vHeat expects images of shape (B, {self.in_channels}, H, W), '
                              f'got {tuple(x.shape)}')
+        if min(x.shape[2:]) < self.total_stride:
+            raise ValueError(f'vHeat needs images of at least {self.total_stride}x'
+                             f'{self.total_stride} pixels (the stride of its last stage), got '
+                             f'H={x.shape[2]}, W={x.shape[3]}')
+
+    def _check_finite(self, x: Tensor, stage: int | None) -> None:
+        """With ``check_finite``, raise a ValueError if ``x`` (the input, or ``stage``'s output)
+        holds NaN or inf values; otherwise do nothing."""
+        if not self.check_finite or bool(torch.isfinite(x).all()):
+            return
+        where = 'the input' if stage is None else f'the output of stage {stage}'
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise ValueError(f'check_finite: {where} holds {nan + inf} non-finite values of '
+                         f'{x.numel()} ({nan} NaN, {inf} inf); every value must be finite')
 
     def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
         """Bases, decay map and freq_embed of ``stage`` at feature size (height, width).
 
-        The resized freq_embed is cached like the attenuation: unless gradients are needed, and
-        in compiled code only in the deploy form. At its own size freq_embed is used as it is
-        (not cached: a buffer aliasing a parameter would break ``torch.export``).
+        The resized freq_embed is cached like the attenuation (see :func:`may_use_cache`). At
+        its own size freq_embed is used as it is (not cached: a buffer aliasing a parameter
+        would break ``torch.export``).
         """
         freq_embed = self.freq_embed[stage]
         kw = dict(device=like.device, dtype=freq_embed.dtype)
-        compiling = torch.compiler.is_compiling()
-        tag = None if compiling else weights_tag(freq_embed)
+        tag = None if torch.compiler.is_compiling() else weights_tag(freq_embed)
         if tuple(freq_embed.shape[:2]) == (height, width) \
-                or (torch.is_grad_enabled() and freq_embed.requires_grad) \
-                or (compiling and not self.deploy):
+                or not may_use_cache(self.deploy, freq_embed):
             resized = resize_freq_embed(freq_embed, (height, width))
         else:
             resized = self.heat_cache.get(
@@ -440,10 +491,12 @@ class _VHeatTrunk(nn.Module):
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Channels-last output of every stage, before its downsampling."""
         self._check_input(x)
+        self._check_finite(x, None)
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.layers):
             out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x))
+            self._check_finite(out, i)
             outs.append(out)
         return outs
 
@@ -482,17 +535,23 @@ class VHeat(_VHeatTrunk):
         arch: 'tiny' | 'small' | 'base' (or 't' | 's' | 'b'), or a dict with ``depths``,
             ``dims`` and optionally ``post_norm``, ``layer_scale``, ``mlp_ratio``.
         img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
-            any size are accepted: freq_embed is resized bicubically to each stage's size.
+            any size down to the stride of the last stage (32x32 for four stages) are accepted:
+            freq_embed is resized bicubically to each stage's size.
         in_channels: image channels.
         num_classes: classifier outputs.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
         with_cp: gradient checkpointing per block.
+        check_finite: debugging aid: check the input and every stage's output for NaN and inf
+            and raise a ValueError naming the first place they appear and how many there are.
+            Costs a reduction per stage; off (the default) it costs nothing.
     """
 
     def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
-                 num_classes: int = 1000, drop_path_rate: float = 0.0, with_cp: bool = False):
+                 num_classes: int = 1000, drop_path_rate: float = 0.0, with_cp: bool = False,
+                 check_finite: bool = False):
         super().__init__(arch, img_size=img_size, in_channels=in_channels,
-                         drop_path_rate=drop_path_rate, with_cp=with_cp)
+                         drop_path_rate=drop_path_rate, with_cp=with_cp,
+                         check_finite=check_finite)
         self.num_classes = num_classes
         width = self.arch.dims[-1]
         self.classifier = nn.Sequential(
@@ -517,7 +576,8 @@ class VHeatFeatures(_VHeatTrunk):
     ``outnorm{i}``, as in the official detection and segmentation backbones.
 
     Args:
-        arch, img_size, in_channels, drop_path_rate, with_cp: as for :class:`VHeat`.
+        arch, img_size, in_channels, drop_path_rate, with_cp, check_finite: as for
+            :class:`VHeat`.
         out_indices: stages whose outputs are returned.
         frozen_stages: -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
             0..i-1 (their blocks, downsampling, freq_embed and output norms). Frozen parts stay
@@ -526,15 +586,17 @@ class VHeatFeatures(_VHeatTrunk):
 
     def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
                  drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False):
+                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False):
         super().__init__(arch, img_size=img_size, in_channels=in_channels,
-                         drop_path_rate=drop_path_rate, with_cp=with_cp)
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        out_indices = tuple(i + self.num_stages if i < 0 else i for i in out_indices)
-        if not out_indices or any(not 0 <= i < self.num_stages for i in out_indices):
-            raise ValueError(f'out_indices must be stage indices in [0, {self.num_stages}), '
-                             f'got {out_indices}')
+                         drop_path_rate=drop_path_rate, with_cp=with_cp,
+                         check_finite=check_finite)
+        given = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+        n = self.num_stages
+        out_indices = tuple(i + n if i < 0 else i for i in given)
+        if not out_indices or any(not 0 <= i < n for i in out_indices) \
+                or len(set(out_indices)) != len(out_indices):
+            raise ValueError(f'out_indices must be distinct stage indices in [0, {n}) (or '
+                             f'[-{n}, 0) counting from the last), got {given}')
         if not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
                              f'got {frozen_stages}')
