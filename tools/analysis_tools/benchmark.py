@@ -51,6 +51,7 @@ from torch import Tensor, nn
 PARTS = ('classifier', 'backbone')
 MODES = ('deploy', 'eval')
 MODELS = ('vheat_mm', 'official', 'swin')
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 BACKBONE_IMG_SIZE = 512  # img_size of the detection and segmentation configs
 SWIN_HEADS = {96: (3, 6, 12, 24), 128: (4, 8, 16, 32)}
 
@@ -188,6 +189,19 @@ def build_swin(arch: str, case: Case) -> nn.Module:
     return model
 
 
+class Autocast(nn.Module):
+    """Runs the wrapped model under ``torch.autocast`` (the same for every model compared)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: Tensor):
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model(x)
+
+
 # ----------------------------------------------------------------------------- measuring
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
@@ -256,9 +270,11 @@ def calibrate_iters(model: nn.Module, x: Tensor, seconds: float) -> int:
 
 def run_case(case: Case, builders: dict[str, Callable[[Case], nn.Module]], *, rounds: int,
              warmup: int, round_seconds: float, device: torch.device,
-             log: Callable[[str], None]) -> list[Result]:
+             log: Callable[[str], None], amp: torch.dtype | None = None) -> list[Result]:
     x = torch.randn(case.batch, 3, case.height, case.width, device=device)
     models = {name: build(case).to(device) for name, build in builders.items()}
+    if amp is not None:
+        models = {name: Autocast(model, amp) for name, model in models.items()}
     results = {name: Result(case, name) for name in models}
     iters = {}
     for name, model in models.items():
@@ -351,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='a directory to put on sys.path for the official code (timm, einops)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--amp', choices=AMP_DTYPES, default='none',
+                        help='run every model under torch.autocast in this dtype (default: '
+                             'none, float32)')
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=2, help='forward passes before timing')
     parser.add_argument('--round-seconds', type=float, default=2.0,
@@ -381,13 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     builders = {name: builders[name] for name in models}
     device_name = device_description(device)
+    if args.amp != 'none':
+        device_name += f', autocast {args.amp}'
     print(f'vHeat-{args.arch} on {device_name}; torch {torch.__version__}', flush=True)
     results: list[Result] = []
     for case in args.cases:
         print(f'{case.name}:', flush=True)
         results += run_case(case, builders, rounds=args.rounds, warmup=args.warmup,
                             round_seconds=args.round_seconds, device=device,
-                            log=lambda line: print(line, flush=True))
+                            log=lambda line: print(line, flush=True),
+                            amp=AMP_DTYPES[args.amp])
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, device_name)
