@@ -35,6 +35,25 @@ def load_script(path: Path):
     return module
 
 
+class FileCreatingPayload:
+    """Pickles as ``open(path, 'w')``: loading it without weights_only creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def write_crafted_checkpoint(path: Path, checkpoint: dict) -> Path:
+    """Save ``checkpoint`` plus a pickled payload to ``path``; return the file the payload would
+    create (next to ``path``) if the checkpoint were ever loaded without weights_only."""
+    marker = path.with_name(f'{path.stem}_payload_ran')
+    torch.save(dict(checkpoint, extra=FileCreatingPayload(marker)), path)
+    assert not marker.exists()
+    return marker
+
+
 # Files torch.load cannot read, and what read_checkpoint says about each (after the path).
 DAMAGED_FILES = {
     'truncated': 'the zip archive is truncated (an interrupted download or copy?); expected a '

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from conftest import DAMAGED_FILES, MINI, write_damaged_checkpoint
+from conftest import DAMAGED_FILES, MINI, write_crafted_checkpoint, write_damaged_checkpoint
 from vheat_mm.checkpoint import (CheckpointError, checkpoint_filter_fn, load_pretrained,
                                  read_checkpoint)
 from vheat_mm.models import VHeat, VHeatFeatures
@@ -91,19 +91,9 @@ def test_unknown_layout_lists_keys(tmp_path):
         load_pretrained(VHeat(MINI, img_size=64), path)
 
 
-class _Payload:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
-    marker = tmp_path / 'payload_ran'
     path = tmp_path / 'evil.pth'
-    torch.save({'model': classifier_state, 'extra': _Payload(str(marker))}, path)
-    assert not marker.exists()
+    marker = write_crafted_checkpoint(path, {'model': classifier_state})
     with pytest.raises(CheckpointError, match=r'refusing to load .*evil\.pth: its pickle asks for '
                        r'\S*open, which weights_only loading does not allow .*; allowed are '
                        r'tensors, containers') as error:

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DAMAGED_FILES, MINI, load_script, write_damaged_checkpoint
+from conftest import (DAMAGED_FILES, MINI, load_script, write_crafted_checkpoint,
+                      write_damaged_checkpoint)
 from vheat_mm import load_pretrained
 from vheat_mm.checkpoint import convert_freq_embeds, write_checkpoint
 from vheat_mm.models import VHeat, VHeatFeatures
@@ -144,14 +145,6 @@ def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path, states
     assert sorted(p.name for p in tmp_path.iterdir()) == ['tg.pth']
 
 
-def _unsafe(path):
-    class Payload:
-        def __reduce__(self):
-            return (os.system, ('true',))
-
-    torch.save({'model': {'freq_embed.0': torch.zeros(1)}, 'x': Payload()}, path)
-
-
 SIZES = 'image sizes must be positive multiples of 32 (the stride of the last stage), got '
 # case: (pt_size, tg_size, what the one-line message must contain)
 BAD_INPUTS = {
@@ -184,7 +177,7 @@ def write_bad_source(path, case, states):
     elif case == 'unknown_layout':
         torch.save({'weights': states[0], 'epoch': 1}, path)
     elif case == 'unsafe':
-        _unsafe(path)
+        write_crafted_checkpoint(path, {'model': states[0]})
     elif case != 'missing':
         torch.save({'model': states[0]}, path)
 

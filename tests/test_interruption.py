@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_crafted_checkpoint
 from test_e2e import CONFIGS, SHAPES, python_tool, remove_checkpoints, write_config
 from vheat_mm.checkpoint import CheckpointError, read_checkpoint
 
@@ -56,16 +57,6 @@ log_processor = dict(by_epoch=False)
 custom_hooks = [dict(type='EMAHook', momentum=0.1, priority='ABOVE_NORMAL'), *{kill_hooks}]
 randomness = dict(seed=0, deterministic=True)
 '''
-
-
-class FileCreatingPayload:
-    """Pickles as ``open(path, 'w')``: loading it without weights_only creates ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
 
 
 @pytest.fixture(scope='module')
@@ -164,8 +155,8 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(classifie
 def test_tools_refuse_a_checkpoint_with_a_pickled_payload(classifier, tool):
     tmp = classifier['tmp'] / f'payload_{tool}'
     tmp.mkdir()
-    marker, crafted = tmp / 'payload_ran', tmp / 'crafted.pth'
-    torch.save(dict(classifier['reference'], extra=FileCreatingPayload(marker)), crafted)
+    crafted = tmp / 'crafted.pth'
+    marker = write_crafted_checkpoint(crafted, classifier['reference'])
     config = classifier['config']('plain')
     # with torch's own default turned off: the tools must ask for weights_only themselves
     env = dict(CHILD_ENV, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')

@@ -11,7 +11,9 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 import vheat_mm
-from conftest import DAMAGED_FILES, DATA, MINI, load_script, mini_arch, write_damaged_checkpoint
+from conftest import (DAMAGED_FILES, DATA, MINI, load_script, mini_arch, write_crafted_checkpoint,
+                      write_damaged_checkpoint)
+from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat
 
@@ -203,6 +205,18 @@ def test_init_cfg_missing_checkpoint_names_path(tmp_path):
         model.init_weights()
 
 
+@pytest.mark.parametrize('toolbox', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_init_cfg_refuses_a_pickled_payload_without_running_it(tmp_path, toolbox):
+    crafted = tmp_path / 'crafted.pth'
+    marker = write_crafted_checkpoint(crafted, {'model': VHeat(MINI, img_size=64).state_dict()})
+    model = registry(toolbox).build(dict(type='vHeat', arch=MINI, img_size=64, init_cfg=dict(
+        type='Pretrained', checkpoint=str(crafted))))
+    with pytest.raises(CheckpointError, match=rf'refusing to load {re.escape(str(crafted))}: '
+                       r'its pickle asks for \S*open, .*could run code'):
+        model.init_weights()
+    assert not marker.exists()
+
+
 def test_mmengine_checkpoint_types_are_allowlisted_not_unsafe(tmp_path):
     """torch.load keeps weights_only=True: mmengine's types load, anything else is refused."""
     path = tmp_path / 'runner.pth'
@@ -312,7 +326,7 @@ def write_converter_source(path, case):
     elif case == 'unknown_layout':
         torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()}, meta={}), path)
     elif case == 'unsafe':
-        torch.save(dict(model=state, extra=_GetattrPayload()), path)
+        write_crafted_checkpoint(path, dict(model=state))
 
 
 @pytest.mark.parametrize('case', list(CONVERTER_BAD_INPUTS))

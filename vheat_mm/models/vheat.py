@@ -80,6 +80,20 @@ def _nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The linear map ``weight`` (C_out, C_in), or (C_out, C_in, 1, 1), on the channels of
+    channels-last x (B, H, W, C_in), giving (B, H, W, C_out).
+
+    Computed as a 1x1 convolution of the NCHW view (channels_last memory, so no copy in or out):
+    on CPU oneDNN's convolution ran these products 1.3x (batch 16 at 224) to 2x (batch 1)
+    faster than ``F.linear`` in our measurements (2 threads, float32); the values differ only
+    by summation order.
+    """
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
+
+
 class ChannelsLast(nn.Module):
     """NCHW -> (B, H, W, C) as a view; free for tensors in ``torch.channels_last`` format."""
 
@@ -145,7 +159,7 @@ class Downsample(nn.Sequential):
 
 
 class PointwiseLinear(nn.Module):
-    """A 1x1 convolution applied to channels-last input as a linear layer.
+    """A 1x1 convolution applied to channels-last input (:func:`pointwise`).
 
     The weight keeps the convolution's (out, in, 1, 1) shape of the official checkpoints.
     """
@@ -159,7 +173,7 @@ class PointwiseLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.flatten(1), self.bias)
+        return pointwise(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
@@ -312,13 +326,15 @@ class HeatConductionOperator(nn.Module):
         # Two products instead of chunking one: u and z come out contiguous, with no copy.
         width = self.out_linear.in_features
         weight, bias = self.linear.weight, self.linear.bias
-        u = F.linear(x, weight[:width], bias[:width])
-        z = F.linear(x, weight[width:], bias[width:])
+        u = pointwise(x, weight[:width], bias[:width])
+        z = pointwise(x, weight[width:], bias[width:])
         u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
                             float32=self.float32_transforms)
         if _may_overwrite():
-            return self.out_linear(self.out_norm(u).mul_(F.silu(z, inplace=True)))
-        return self.out_linear(self.out_norm(u) * F.silu(z))
+            gated = self.out_norm(u).mul_(F.silu(z, inplace=True))
+        else:
+            gated = self.out_norm(u) * F.silu(z)
+        return pointwise(gated, self.out_linear.weight, self.out_linear.bias)
 
 
 class HeatBlock(nn.Module):
@@ -419,6 +435,8 @@ class _VHeatTrunk(nn.Module):
         self.heat_cache = TensorCache(max_entries=64)
         self.deploy = False
         self.with_cp = with_cp
+        # Convolution weights in the memory format of their inputs: no conversion per call.
+        self.to(memory_format=torch.channels_last)
         self.check_finite = bool(check_finite)
 
     @property
