@@ -7,9 +7,10 @@ rounds is reported, with its ratio to the baseline (Swin) and to the official im
 Usage (the command behind the README's table and plot):
 
     python tools/analysis_tools/benchmark.py --arch tiny \\
-        --cases classifier:deploy:224:16 classifier:deploy:1024:1 backbone:eval:800x1344:1 \\
+        --cases classifier:deploy:224:16 classifier:deploy:224:1 classifier:deploy:512:1 \\
+                classifier:deploy:1024:1 backbone:eval:512x512:1 backbone:eval:800x1344:1 \\
         --official /path/to/vHeat-checkout --official-deps /path/with/timm+einops \\
-        --threads 2 --rounds 5 --out-dir work_dirs/benchmark
+        --threads 2 --rounds 5 --warmup 1 --round-seconds 3 --out-dir work_dirs/benchmark
 
 A case is PART:MODE:SIZE:BATCH. PART is ``classifier`` (the ImageNet model, logits) or
 ``backbone`` (the mmdet/mmseg feature backbone: four NCHW maps; img_size 512 as in the detection
