@@ -180,12 +180,12 @@ class PointwiseLinear(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2 on channels-last input."""
+    """fc1 -> GELU (in place when autograd is off, see :func:`_may_overwrite`) -> fc2 on
+    channels-last input."""
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.fc1 = PointwiseLinear(dim, hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = PointwiseLinear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
