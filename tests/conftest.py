@@ -1,7 +1,13 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors through Triton's interpreter (tests/test_kernels.py);
+    # it must be chosen before Triton is first imported.
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 DATA = Path(__file__).parent / 'data'
 
