@@ -11,7 +11,8 @@ frequency and channel. Everything here works on channels-last tensors (B, H, W, 
 transforms are plain matrix products against small (N x N) cosine bases, with no copies.
 
 Under ``torch.autocast`` the transforms are matmuls in the autocast dtype (the GEMMs accumulate
-in float32) and the product with the float32 attenuation is float32 by type promotion. With
+in float32) and the spectrum stays in that dtype when the float32 attenuation is applied
+(:func:`attenuate`). With
 ``float32=True`` the whole conduction runs in float32 (:func:`float32_under_autocast`): on a
 bfloat16 input its relative error drops from 5e-3..7.5e-3 to 2.3e-3 (the rounding of its input
 and output), but the network's error, dominated by its bfloat16 linears and convolutions, does
@@ -27,9 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels import attenuate_with_grad
+
 __all__ = [
-    'dct_basis', 'heat_decay_map', 'heat_conduction', 'dct_2d', 'idct_2d', 'resize_freq_embed',
-    'float32_under_autocast'
+    'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
+    'dct_2d', 'idct_2d',
+    'resize_freq_embed', 'float32_under_autocast'
 ]
 
 
@@ -50,16 +54,26 @@ def dct_basis(n: int, *, device: torch.device | None = None,
     return basis.to(device=device, dtype=dtype)
 
 
+def heat_log_decay_map(height: int, width: int, *, device: torch.device | None = None,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
+    """log decay[n, m] = -((n pi / H)^2 + (m pi / W)^2), shape (H, W).
+
+    The attenuation decay ** k is computed as exp(k * log decay): the same values as the
+    power, with a backward pass of two products instead of the power's.
+    """
+    n = torch.arange(height, dtype=torch.float64) * (math.pi / height)
+    m = torch.arange(width, dtype=torch.float64) * (math.pi / width)
+    return (-(n[:, None] ** 2 + m[None, :] ** 2)).to(device=device, dtype=dtype)
+
+
 def heat_decay_map(height: int, width: int, *, device: torch.device | None = None,
                    dtype: torch.dtype = torch.float32) -> Tensor:
     """decay[n, m] = exp(-((n pi / H)^2 + (m pi / W)^2)), shape (H, W).
 
     Raised to the learned conductivity k it gives the per-frequency attenuation decay ** k.
     """
-    n = torch.arange(height, dtype=torch.float64) * (math.pi / height)
-    m = torch.arange(width, dtype=torch.float64) * (math.pi / width)
-    decay = torch.exp(-(n[:, None] ** 2 + m[None, :] ** 2))
-    return decay.to(device=device, dtype=dtype)
+    return heat_log_decay_map(height, width, dtype=torch.float64).exp().to(device=device,
+                                                                           dtype=dtype)
 
 
 def _along_h(u: Tensor, basis: Tensor) -> Tensor:
@@ -101,8 +115,26 @@ def float32_under_autocast(fn: Callable[..., Tensor], *tensors: Tensor) -> Tenso
     return out.to(tensors[0].dtype)
 
 
+def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
+    """``spectrum * attenuation`` in the spectrum's dtype (B, H, W, C) * (H, W, C).
+
+    The spectrum is a fresh tensor (a transform's output), so without autograd it is scaled in
+    place: for a bfloat16 spectrum and a float32 attenuation the products are computed in
+    float32 and rounded once, to bfloat16. With autograd, elsewhere, the attenuation is cast to
+    the spectrum's dtype first. (Type promotion alone would give a float32 tensor of the spectrum's
+    size, twice the bytes, which the next transform casts straight back under autocast.) On
+    CUDA in a half type, training runs :func:`vheat_mm.kernels.attenuate_with_grad`: the float32
+    attenuation applied in float32, and both gradients from one kernel.
+    """
+    if not (torch.is_grad_enabled() and (spectrum.requires_grad or attenuation.requires_grad)):
+        return spectrum.mul_(attenuation)
+    if spectrum.dtype == attenuation.dtype:
+        return spectrum * attenuation
+    return attenuate_with_grad(spectrum, attenuation)
+
+
 def _conduct(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Tensor) -> Tensor:
-    return idct_2d(dct_2d(u, basis_h, basis_w) * attenuation, basis_h, basis_w)
+    return idct_2d(attenuate(dct_2d(u, basis_h, basis_w), attenuation), basis_h, basis_w)
 
 
 def heat_conduction(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Tensor, *,

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_decay_map,
+from ..kernels import depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu, \
+    residual_layer_norm
+from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_decay_map,
                    resize_freq_embed)
 
 __all__ = ['ARCH_SETTINGS', 'resolve_arch', 'VHeat', 'VHeatFeatures', 'HeatConductionOperator']
@@ -80,18 +82,31 @@ def _nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+def pointwise_as_conv(x: Tensor) -> bool:
+    """Whether :func:`pointwise` runs as a 1x1 convolution (else as ``F.linear``).
+
+    On CPU, oneDNN's 1x1 convolution of the channels-last NCHW view ran these products 1.3x
+    (batch 16 at 224) to 2x (batch 1) faster than ``F.linear`` (2 threads, float32). On CUDA,
+    cuBLAS's ``F.linear`` is the faster one in bfloat16 and float16 (docs/benchmark_gpu.md);
+    float32 keeps the convolution, which also matches the official MLP's 1x1 convolutions
+    (cuDNN's TF32 setting applies to it).
+    """
+    return x.device.type == 'cpu' or x.dtype == torch.float32
+
+
 def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """The linear map ``weight`` (C_out, C_in), or (C_out, C_in, 1, 1), on the channels of
     channels-last x (B, H, W, C_in), giving (B, H, W, C_out).
 
-    Computed as a 1x1 convolution of the NCHW view (channels_last memory, so no copy in or out):
-    on CPU oneDNN's convolution ran these products 1.3x (batch 16 at 224) to 2x (batch 1)
-    faster than ``F.linear`` in our measurements (2 threads, float32); the values differ only
-    by summation order.
+    A 1x1 convolution of the NCHW view (channels_last memory, so no copy in or out) or
+    ``F.linear`` on the contiguous last dimension, as :func:`pointwise_as_conv` says; the two
+    differ only by summation order.
     """
-    if weight.dim() == 2:
-        weight = weight[:, :, None, None]
-    return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
+    if pointwise_as_conv(x):
+        if weight.dim() == 2:
+            weight = weight[:, :, None, None]
+        return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
+    return F.linear(x, weight.flatten(1), bias)
 
 
 class ChannelsLast(nn.Module):
@@ -121,10 +136,6 @@ def _may_overwrite() -> bool:
     return not torch.is_grad_enabled()
 
 
-def _gelu(x: Tensor) -> Tensor:
-    return torch.ops.aten.gelu_(x) if _may_overwrite() else F.gelu(x)
-
-
 class Stem(nn.Sequential):
     """Two stride-2 3x3 convolutions with LayerNorm (eps 1e-6) and GELU: (B, 3, H, W) -> (B, H/4, W/4, C).
 
@@ -135,10 +146,10 @@ class Stem(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(OrderedDict(
             conv1=nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
-            norm1=nn.Sequential(ChannelsLast(), nn.LayerNorm(out_channels // 2, eps=1e-6)),
+            norm1=nn.Sequential(ChannelsLast(), LayerNorm(out_channels // 2, eps=1e-6)),
             act=nn.GELU(),
             conv2=nn.Conv2d(out_channels // 2, out_channels, 3, stride=2, padding=1),
-            norm2=nn.Sequential(ChannelsLast(), nn.LayerNorm(out_channels, eps=1e-6)),
+            norm2=nn.Sequential(ChannelsLast(), LayerNorm(out_channels, eps=1e-6)),
         ))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,21 +162,61 @@ class Downsample(nn.Sequential):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
-                         nn.LayerNorm(out_dim))
+                         LayerNorm(out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         conv, norm = self
         return norm(conv(_nchw(x)).permute(0, 2, 3, 1))
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension that keeps its input's dtype under autocast.
+
+    Statistics and arithmetic are float32 inside; on CUDA in bfloat16 or float16 it runs the
+    Triton kernel of :func:`vheat_mm.kernels.layer_norm`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class GatedLayerNorm(LayerNorm):
+    """The HCO's output norm with its gate: ``LN(u) * SiLU(z)``, one kernel on CUDA.
+
+    When autograd is off (:func:`_may_overwrite`) the eager path computes SiLU in ``z``'s
+    storage: callers pass a ``z`` they no longer need.
+    """
+
+    def forward(self, u: Tensor, z: Tensor) -> Tensor:
+        return layer_norm_silu(u, z, self.weight, self.bias, self.eps, inplace=_may_overwrite())
+
+
+class DepthwiseConv3x3(nn.Conv2d):
+    """3x3 depthwise convolution with bias (padding 1) on channels-last (B, H, W, C) input.
+
+    The weight is that of ``nn.Conv2d(dim, dim, 3, padding=1, groups=dim)``, as in the official
+    checkpoints; :func:`vheat_mm.kernels.depthwise_conv3x3` runs it.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return depthwise_conv3x3(x, self.weight, self.bias)
+
+
 class PointwiseLinear(nn.Module):
-    """A 1x1 convolution applied to channels-last input (:func:`pointwise`).
+    """A linear map of the channels of channels-last input (:func:`pointwise`), optionally
+    followed by the exact GELU (``activation='gelu'``, one kernel on CUDA in half types).
 
     The weight keeps the convolution's (out, in, 1, 1) shape of the official checkpoints.
     """
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None):
         super().__init__()
+        if activation not in (None, 'gelu'):
+            raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+        self.activation = activation
         self.weight = nn.Parameter(torch.empty(out_features, in_features, 1, 1))
         self.bias = nn.Parameter(torch.empty(out_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -173,32 +224,73 @@ class PointwiseLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.activation == 'gelu':
+            return linear_gelu(x, self.weight, self.bias, pointwise, inplace=_may_overwrite())
         return pointwise(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
+        return (f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
+                + (f', activation={self.activation}' if self.activation else ''))
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU (in place when autograd is off, see :func:`_may_overwrite`) -> fc2 on
+    """fc1 with GELU (in place when autograd is off, see :func:`_may_overwrite`) -> fc2 on
     channels-last input."""
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.fc1 = PointwiseLinear(dim, hidden_dim)
+        self.fc1 = PointwiseLinear(dim, hidden_dim, activation='gelu')
         self.fc2 = PointwiseLinear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(_gelu(self.fc1(x)))
+        return self.fc2(self.fc1(x))
+
+
+class CacheBudget:
+    """A byte limit shared by the :class:`TensorCache` s of one model.
+
+    Before an entry is stored, the least recently used entries of any of the caches are dropped
+    until the new one fits; an entry larger than the whole limit is not stored. Evaluating a
+    detector at hundreds of distinct padded sizes then keeps the caches of the last few sizes
+    only, instead of every size seen.
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = int(limit_bytes)
+        self._order: OrderedDict[tuple[TensorCache, str], None] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now by the entries of every cache under this budget."""
+        return sum(cache.entry_nbytes(name) for cache, name in self._order)
+
+    def used(self, cache: TensorCache, name: str) -> None:
+        self._order[(cache, name)] = None
+        self._order.move_to_end((cache, name))
+
+    def forget(self, cache: TensorCache, name: str) -> None:
+        self._order.pop((cache, name), None)
+
+    def make_room(self, nbytes: int) -> bool:
+        """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
+        if nbytes > self.limit_bytes:
+            return False
+        held = self.nbytes
+        while self._order and held + nbytes > self.limit_bytes:
+            cache, name = next(iter(self._order))
+            held -= cache.entry_nbytes(name)
+            cache.drop(name)
+        return True
 
 
 class TensorCache(nn.Module):
-    """Derived tensors kept as non-persistent buffers, keyed by name.
+    """Derived tensors kept as non-persistent buffers, keyed by name, within a byte budget.
 
     Buffers follow ``module.to()`` and stay out of the state dict. An entry is rebuilt when its
     device or dtype no longer matches the request, or when the request's ``tag`` (e.g. the
-    versions of the weights it was derived from) differs from the one it was built with. At most
-    ``max_entries`` are kept (oldest dropped). Entries never require grad and are built outside
+    versions of the weights it was derived from) differs from the one it was built with. The
+    caches of one model share a :class:`CacheBudget` (set by the model; a cache on its own has
+    its own, of ``DEFAULT_LIMIT_BYTES``). Entries never require grad and are built outside
     inference mode and with autocast off, so they can be used in any later mode and do not depend
     on the autocast state of the call that built them.
 
@@ -209,9 +301,11 @@ class TensorCache(nn.Module):
     change the module and force a recompilation on the next call).
     """
 
-    def __init__(self, max_entries: int = 16):
+    DEFAULT_LIMIT_BYTES = 512 * 2**20
+
+    def __init__(self, budget: CacheBudget | None = None):
         super().__init__()
-        self.max_entries = max_entries
+        self.budget = budget or CacheBudget(self.DEFAULT_LIMIT_BYTES)
         self._tags: dict[str, Hashable] = {}
 
     def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
@@ -223,22 +317,32 @@ class TensorCache(nn.Module):
                 return cached
             with torch.no_grad(), torch.autocast(device.type, enabled=False):
                 return build().to(device=device, dtype=dtype)
-        if cached is None or cached.device != device or cached.dtype != dtype \
-                or self._tags.get(name) != tag:
-            self._buffers.pop(name, None)
-            while len(self._buffers) >= self.max_entries:
-                self._tags.pop(oldest := next(iter(self._buffers)), None)
-                del self._buffers[oldest]
-            with torch.inference_mode(False), torch.no_grad(), \
-                    torch.autocast(device.type, enabled=False):
-                cached = build().to(device=device, dtype=dtype)
+        if cached is not None and cached.device == device and cached.dtype == dtype \
+                and self._tags.get(name) == tag:
+            self.budget.used(self, name)
+            return cached
+        self.drop(name)
+        with torch.inference_mode(False), torch.no_grad(), \
+                torch.autocast(device.type, enabled=False):
+            cached = build().to(device=device, dtype=dtype)
+        if self.budget.make_room(cached.numel() * cached.element_size()):
             self.register_buffer(name, cached, persistent=False)
             self._tags[name] = tag
+            self.budget.used(self, name)
         return cached
 
+    def entry_nbytes(self, name: str) -> int:
+        buf = self._buffers.get(name)
+        return 0 if buf is None else buf.numel() * buf.element_size()
+
+    def drop(self, name: str) -> None:
+        self._buffers.pop(name, None)
+        self._tags.pop(name, None)
+        self.budget.forget(self, name)
+
     def clear(self) -> None:
-        self._buffers.clear()
-        self._tags.clear()
+        for name in list(self._buffers):
+            self.drop(name)
 
     def extra_repr(self) -> str:
         return f'entries={list(self._buffers)}'
@@ -270,7 +374,7 @@ class HeatContext(NamedTuple):
     """What every block of a stage shares at one feature size (H, W)."""
     basis_h: Tensor      # (H, H) DCT-II basis
     basis_w: Tensor      # (W, W) DCT-II basis
-    decay: Tensor        # (H, W) exp(-((n pi/H)^2 + (m pi/W)^2))
+    log_decay: Tensor    # (H, W) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
     freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
     freq_embed_tag: Hashable  # weights_tag of the stage's freq_embed parameter
 
@@ -286,17 +390,19 @@ class HeatConductionOperator(nn.Module):
 
     Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (with k
     from a bfloat16 linear, decay^k is up to 9% off at single high frequencies), the DCT and
-    IDCT matmuls in the autocast dtype; set ``float32_transforms = True`` (on the class or an
-    instance) to run the whole heat conduction in float32 (see :func:`heat_conduction`).
+    IDCT matmuls in the autocast dtype, and the attenuation is applied to the spectrum in its
+    dtype (:func:`~vheat_mm.models.heat.attenuate`); set ``float32_transforms = True`` (on the
+    class or an instance) to run the whole heat conduction in float32 (see
+    :func:`heat_conduction`).
     """
 
     float32_transforms: bool = False
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.dwconv = DepthwiseConv3x3(dim)
         self.linear = nn.Linear(dim, 2 * dim)
-        self.out_norm = nn.LayerNorm(dim)
+        self.out_norm = GatedLayerNorm(dim)
         self.out_linear = nn.Linear(dim, dim)
         self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
         self.deploy = False
@@ -310,30 +416,30 @@ class HeatConductionOperator(nn.Module):
         linear = self.to_k[0]
         if not may_use_cache(self.deploy, ctx.freq_embed, linear.weight, linear.bias):
             return self._decay_pow_k(ctx)
-        h, w = ctx.decay.shape
+        h, w = ctx.log_decay.shape
         tag = None if torch.compiler.is_compiling() else (
             ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias))
         return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
-                               device=ctx.decay.device, dtype=ctx.decay.dtype, tag=tag)
+                               device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
+                               tag=tag)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
+        """decay ** k = exp(k * log decay), in float32 under autocast."""
         return float32_under_autocast(
-            lambda decay, embed: torch.pow(decay[:, :, None], self.to_k(embed)),
-            ctx.decay, ctx.freq_embed)
+            lambda log_decay, embed: torch.exp(self.to_k(embed) * log_decay[:, :, None]),
+            ctx.log_decay, ctx.freq_embed)
 
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
-        x = self.dwconv(_nchw(x)).permute(0, 2, 3, 1)
+        x = self.dwconv(x)
         # Two products instead of chunking one: u and z come out contiguous, with no copy.
-        width = self.out_linear.in_features
-        weight, bias = self.linear.weight, self.linear.bias
-        u = pointwise(x, weight[:width], bias[:width])
-        z = pointwise(x, weight[width:], bias[width:])
+        # (The weight is chunked: one autograd node for both halves.)
+        (weight_u, weight_z), (bias_u, bias_z) = (self.linear.weight.chunk(2),
+                                                  self.linear.bias.chunk(2))
+        u = pointwise(x, weight_u, bias_u)
+        z = pointwise(x, weight_z, bias_z)
         u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
                             float32=self.float32_transforms)
-        if _may_overwrite():
-            gated = self.out_norm(u).mul_(F.silu(z, inplace=True))
-        else:
-            gated = self.out_norm(u) * F.silu(z)
+        gated = self.out_norm(u, z)
         return pointwise(gated, self.out_linear.weight, self.out_linear.bias)
 
 
@@ -347,9 +453,9 @@ class HeatBlock(nn.Module):
     def __init__(self, dim: int, *, mlp_ratio: float, post_norm: bool,
                  layer_scale: float | None, drop_path: float):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.op = HeatConductionOperator(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.post_norm = post_norm
         self.drop_path = drop_path
@@ -359,7 +465,11 @@ class HeatBlock(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
-    def _residual(self, x: Tensor, branch, norm: nn.LayerNorm, gamma: Tensor | None) -> Tensor:
+    def _residual(self, x: Tensor, branch, norm: LayerNorm, gamma: Tensor | None) -> Tensor:
+        if self.post_norm and not (self.training and self.drop_path > 0):
+            # x + gamma * LN(branch(x)) in one step (one kernel on CUDA)
+            return residual_layer_norm(x, branch(x), norm.weight, norm.bias, norm.eps, gamma,
+                                       inplace=_may_overwrite())
         y = norm(branch(x)) if self.post_norm else branch(norm(x))
         if _may_overwrite():
             if gamma is not None:
@@ -432,7 +542,10 @@ class _VHeatTrunk(nn.Module):
             last = i == self.num_stages - 1
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
-        self.heat_cache = TensorCache(max_entries=64)
+        self.cache_budget = CacheBudget(TensorCache.DEFAULT_LIMIT_BYTES)
+        self.heat_cache = TensorCache(self.cache_budget)
+        for block in self.blocks():
+            block.op.folded.budget = self.cache_budget
         self.deploy = False
         self.with_cp = with_cp
         # Convolution weights in the memory format of their inputs: no conversion per call.
@@ -450,13 +563,35 @@ class _VHeatTrunk(nn.Module):
         for stage in self.layers:
             stage.with_cp = self._with_cp
 
+    def blocks(self) -> list[HeatBlock]:
+        """Every block, stage by stage."""
+        return [block for stage in self.layers for block in stage.blocks]
+
+    def cached_nbytes(self) -> int:
+        """Bytes held by the caches of derived tensors (bounded by ``cache_budget``)."""
+        return self.cache_budget.nbytes
+
+    def clear_caches(self) -> None:
+        """Drop every cached derived tensor (they are rebuilt when next needed)."""
+        self.heat_cache.clear()
+        for block in self.blocks():
+            block.op.folded.clear()
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; entering training also frees the caches of derived tensors,
+        which evaluation at many sizes may have filled (up to ``cache_budget.limit_bytes``)."""
+        super().train(mode)
+        if mode:
+            self.clear_caches()
+        return self
+
     def reset_parameters(self) -> None:
         """The official initialisation: linears and freq_embed trunc-normal (std .02), norms 1/0."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
+            elif isinstance(m, nn.LayerNorm):  # LayerNorm and GatedLayerNorm too
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for p in self.freq_embed:
@@ -502,8 +637,8 @@ class _VHeatTrunk(nn.Module):
         return HeatContext(
             self.heat_cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
             self.heat_cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
-            self.heat_cache.get(f'decay{height}x{width}',
-                                lambda: heat_decay_map(height, width), **kw),
+            self.heat_cache.get(f'log_decay{height}x{width}',
+                                lambda: heat_log_decay_map(height, width), **kw),
             resized, tag)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
@@ -533,13 +668,12 @@ class _VHeatTrunk(nn.Module):
         use the folded tensors instead. Either way, compiling with ``dynamic=False`` traces
         once per input size and never again at a size already seen.
         """
-        self.heat_cache.clear()
+        self.clear_caches()
         for i, stage in enumerate(self.layers):
             size = self.freq_embed[i].shape[:2]
             ctx = self.heat_context(i, size[0], size[1], self.freq_embed[i])
             for block in stage.blocks:
                 block.op.deploy = True
-                block.op.folded.clear()
                 block.op.attenuation(ctx)
         self.requires_grad_(False)
         self.deploy = True
@@ -573,7 +707,7 @@ class VHeat(_VHeatTrunk):
         self.num_classes = num_classes
         width = self.arch.dims[-1]
         self.classifier = nn.Sequential(
-            nn.LayerNorm(width), GlobalAvgPool(), nn.Flatten(1), nn.Linear(width, num_classes))
+            LayerNorm(width), GlobalAvgPool(), nn.Flatten(1), nn.Linear(width, num_classes))
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -621,7 +755,7 @@ class VHeatFeatures(_VHeatTrunk):
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         for i in out_indices:
-            self.add_module(f'outnorm{i}', nn.LayerNorm(self.arch.dims[i]))
+            self.add_module(f'outnorm{i}', LayerNorm(self.arch.dims[i]))
         self.reset_parameters()
         self._freeze_stages()
 
