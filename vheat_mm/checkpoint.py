@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models.heat import resize_freq_embed
+from .models.vheat import fit_freq_embeds
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'is_url', 'cached_download', 'official_to_mmpretrain', 'find_state_dict', 'select_prefix',
            'checkpoint_filter_fn', 'load_pretrained', 'LoadReport', 'FreqEmbedKey',
@@ -41,7 +42,6 @@ __all__ = ['CheckpointError', 'read_checkpoint', 'is_url', 'cached_download', 'o
 logger = logging.getLogger(__name__)
 
 STATE_DICT_ENTRIES = ('state_dict', 'model', 'model_ema', 'module')
-_FREQ_EMBED = re.compile(r'^freq_embed\.(\d+)$')
 FREQ_EMBED_ENTRIES = ('model', 'model_ema', 'state_dict')
 _ENTRY_FREQ_EMBED = re.compile(r'^(?:backbone\.)?freq_embed\.(\d+)$')
 CONVERSION_MODES = ('pad', 'bicubic')
@@ -170,17 +170,15 @@ def select_prefix(state_dict: Mapping[str, Tensor], prefix: str | None) -> dict[
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is resized to the model's size.
+    """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is resized to the model's size
+    (:func:`~vheat_mm.models.vheat.fit_freq_embeds`, for the vHeat trunk at ``model``'s root).
 
     Pure: the input is left untouched. Other keys pass through unchanged.
     """
-    targets = {name: p.shape for name, p in model.named_parameters() if _FREQ_EMBED.match(name)}
-    out = {}
-    for key, value in state_dict.items():
-        if key in targets and value.dim() == 3 and value.shape[2] == targets[key][2] \
-                and value.shape != targets[key]:
-            value = resize_freq_embed(value, targets[key][:2])
-        out[key] = value
+    out = dict(state_dict)
+    freq_embed = getattr(model, 'freq_embed', None)
+    if freq_embed is not None:
+        fit_freq_embeds(out, '', freq_embed)
     return out
 
 

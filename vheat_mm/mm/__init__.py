@@ -3,6 +3,8 @@
 Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
 ``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
 mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook``.
+mmengine then reads local and http(s) checkpoints through vheat_mm's safe reader, also in the
+toolboxes' own tools (:mod:`.safe_load`), and shows vheat_mm's log records (:mod:`.reporting`).
 """
 from __future__ import annotations
 
@@ -27,9 +29,13 @@ def register_all() -> tuple[str, ...]:
 
     from .backbone import VHeatBackbone, build_official_backbone
     from .checkpoint_hook import AtomicCheckpointHook
-    from .safe_load import allow_mmengine_checkpoints
+    from .reporting import forward_logs_to_mmengine, one_line_checkpoint_errors
+    from .safe_load import allow_mmengine_checkpoints, use_weights_only_loading
 
     allow_mmengine_checkpoints()
+    use_weights_only_loading()
+    forward_logs_to_mmengine()
+    one_line_checkpoint_errors()
     if 'AtomicCheckpointHook' not in HOOKS.module_dict:
         HOOKS.register_module(module=AtomicCheckpointHook)
     done = []
@@ -40,7 +46,7 @@ def register_all() -> tuple[str, ...]:
         entries = {'vHeat': VHeatBackbone}
         if toolbox in OFFICIAL_NAMES:
             name, img_size = OFFICIAL_NAMES[toolbox]
-            entries[name] = build_official_backbone(img_size)
+            entries[name] = build_official_backbone(name, img_size)
         for name, obj in entries.items():
             taken = models.module_dict.get(name)
             if taken is None:

@@ -5,9 +5,9 @@ import copy
 import difflib
 import functools
 import inspect
+import logging
 from typing import Callable, Sequence
 
-from mmengine.logging import print_log
 from mmengine.model import initialize
 
 from ..checkpoint import load_pretrained
@@ -15,10 +15,22 @@ from ..models import VHeatFeatures
 
 __all__ = ['VHeatBackbone', 'build_official_backbone']
 
+logger = logging.getLogger(__name__)
 
-def reject_unknown_keywords(label: str) -> Callable[[Callable], Callable]:
+
+# Backbone keywords of mmdet's and mmseg's Swin configs that the official vHeat configs inherit
+# (their _base_ is a Swin config) and the official MMDET_VHEAT / MMSEG_VHEAT swallow unused.
+SWIN_LEFTOVERS = frozenset({
+    'pretrain_img_size', 'in_channels', 'embed_dims', 'patch_size', 'window_size', 'num_heads',
+    'strides', 'qkv_bias', 'qk_scale', 'patch_norm', 'drop_rate', 'attn_drop_rate',
+    'use_abs_pos_embed', 'act_cfg', 'norm_cfg', 'with_cp', 'convert_weights'})
+
+
+def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset()
+                            ) -> Callable[[Callable], Callable]:
     """Decorator: an unknown keyword raises a TypeError naming it, the closest allowed keyword
-    and every allowed one (Python's own error names none of the allowed keywords)."""
+    and every allowed one (Python's own error names none of the allowed keywords). Keywords in
+    ``tolerated`` pass on to ``fn`` (which takes them through ``**kwargs``)."""
 
     def decorate(fn: Callable) -> Callable:
         allowed = [name for name, p in inspect.signature(fn).parameters.items()
@@ -26,13 +38,16 @@ def reject_unknown_keywords(label: str) -> Callable[[Callable], Callable]:
 
         @functools.wraps(fn)
         def checked(*args, **kwargs):
-            unknown = [key for key in kwargs if key not in allowed]
+            unknown = [key for key in kwargs if key not in allowed and key not in tolerated]
             if unknown:
                 named = [f'{key!r} (did you mean {close[0]!r}?)'
-                         if (close := difflib.get_close_matches(key, allowed, n=1)) else repr(key)
+                         if (close := difflib.get_close_matches(key, [*allowed, *sorted(tolerated)],
+                                                                n=1)) else repr(key)
                          for key in unknown]
                 raise TypeError(f'{label}: unknown keyword {", ".join(named)}; allowed keywords '
-                                f'are {", ".join(allowed)}')
+                                f'are {", ".join(allowed)}'
+                                + (f' (ignored, as Swin leftovers: {", ".join(sorted(tolerated))})'
+                                   if tolerated else ''))
             return fn(*args, **kwargs)
 
         return checked
@@ -80,32 +95,40 @@ class VHeatBackbone(VHeatFeatures):
         if unknown or 'checkpoint' not in cfg:
             raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix and "
                              f"map_location; got {sorted(cfg)}")
-        report = load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-        for line in report.lines():
-            print_log(line, logger='current')
+        load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))  # logs its report
 
 
-def build_official_backbone(default_img_size: int):
-    """A builder taking the official ``MMDET_VHEAT`` / ``MMSEG_VHEAT`` config keywords."""
+def build_official_backbone(name: str, default_img_size: int):
+    """A builder taking the official ``MMDET_VHEAT`` / ``MMSEG_VHEAT`` config keywords.
 
-    @reject_unknown_keywords('vHeat (official keywords)')
+    As the official classes, it takes its weights from ``pretrained`` and ignores the Swin
+    keywords that the official configs inherit from their Swin ``_base_`` (:data:`SWIN_LEFTOVERS`)
+    and an inherited ``init_cfg`` (which would load Swin weights), each with one logged line.
+    """
+
+    @reject_unknown_keywords(f'{name} (official keywords)', tolerated=SWIN_LEFTOVERS | {'init_cfg'})
     def build(*, depths: Sequence[int] = (2, 2, 9, 2), dims: int | Sequence[int] = 96,
               post_norm: bool = True, layer_scale: float | None = None,
               img_size: int = default_img_size, drop_path_rate: float = 0.1,
               out_indices: Sequence[int] = (0, 1, 2, 3), use_checkpoint: bool = False,
               pretrained: str | None = None, frozen_stages: int = -1, in_chans: int = 3,
               mlp_ratio: float = 4.0, check_finite: bool = False,
-              init_cfg: dict | None = None) -> VHeatBackbone:
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('give either pretrained or init_cfg, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+              **leftovers) -> VHeatBackbone:
+        init_cfg = leftovers.pop('init_cfg', None)
+        if leftovers:
+            logger.info('%s: ignoring the Swin keywords the config inherits, as the official '
+                        'code does: %s', name, ', '.join(sorted(leftovers)))
+        if init_cfg is not None:
+            logger.warning('%s: ignoring init_cfg=%r; as in the official code, the weights '
+                           'come from pretrained=%r', name, init_cfg, pretrained)
         arch = dict(depths=depths, dims=dims, post_norm=post_norm, layer_scale=layer_scale,
                     mlp_ratio=mlp_ratio)
         return VHeatBackbone(arch, img_size=img_size, in_channels=in_chans,
                              drop_path_rate=drop_path_rate, out_indices=out_indices,
                              frozen_stages=frozen_stages, with_cp=use_checkpoint,
-                             check_finite=check_finite, init_cfg=init_cfg)
+                             check_finite=check_finite,
+                             init_cfg=None if pretrained is None
+                             else dict(type='Pretrained', checkpoint=pretrained))
 
     build.__doc__ = (f'vHeat backbone from the official config keywords (img_size defaults '
                      f'to {default_img_size}, as in the official code).')

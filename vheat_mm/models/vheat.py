@@ -9,6 +9,7 @@ Public builders: :class:`VHeat` (classifier) and :class:`VHeatFeatures` (multi-s
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from typing import Callable, Hashable, NamedTuple, Sequence
@@ -23,7 +24,10 @@ from ..kernels import depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gel
 from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_decay_map,
                    resize_freq_embed)
 
-__all__ = ['ARCH_SETTINGS', 'resolve_arch', 'VHeat', 'VHeatFeatures', 'HeatConductionOperator']
+__all__ = ['ARCH_SETTINGS', 'resolve_arch', 'VHeat', 'VHeatFeatures', 'HeatConductionOperator',
+           'fit_freq_embeds']
+
+logger = logging.getLogger(__name__)
 
 ARCH_SETTINGS: dict[str, dict] = {
     'tiny': dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, layer_scale=None),
@@ -511,6 +515,33 @@ class HeatStage(nn.ModuleList):
         return x, self[-1](x)
 
 
+def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str,
+                    freq_embed: Sequence[Tensor]) -> list[str]:
+    """Resize, in ``state_dict``, each ``{prefix}freq_embed.{i}`` of another (H, W) than the
+    model's ``freq_embed[i]`` (same channels) to the model's size, bicubically
+    (:func:`~vheat_mm.models.heat.resize_freq_embed`). Returns one line per resized tensor.
+
+    The one place where loaded freq_embeds are fitted: the trunk's load_state_dict pre-hook
+    (so every load path: ``load_state_dict``, mmengine's ``load_from`` and resume, ``init_cfg``)
+    and :func:`vheat_mm.checkpoint.checkpoint_filter_fn` call it.
+    """
+    lines = []
+    for i, own in enumerate(freq_embed):
+        key = f'{prefix}freq_embed.{i}'
+        value = state_dict.get(key)
+        if isinstance(value, Tensor) and value.dim() == 3 and value.shape[2] == own.shape[2] \
+                and value.shape != own.shape:
+            state_dict[key] = resize_freq_embed(value, own.shape[:2])
+            lines.append(f'{key} {tuple(value.shape)} -> {tuple(own.shape)}')
+    return lines
+
+
+def _fit_loaded_freq_embeds(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """load_state_dict pre-hook of the trunk: fit freq_embeds of another resolution, logged."""
+    for line in fit_freq_embeds(state_dict, prefix, module.freq_embed):
+        logger.info('vHeat: freq_embed of another resolution resized (bicubic): %s', line)
+
+
 class _VHeatTrunk(nn.Module):
     """Stem, per-stage frequency embeddings and stages; shared by the classifier and backbone."""
 
@@ -542,6 +573,7 @@ class _VHeatTrunk(nn.Module):
             last = i == self.num_stages - 1
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
+        self.register_load_state_dict_pre_hook(_fit_loaded_freq_embeds)
         self.cache_budget = CacheBudget(TensorCache.DEFAULT_LIMIT_BYTES)
         self.heat_cache = TensorCache(self.cache_budget)
         for block in self.blocks():

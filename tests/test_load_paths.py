@@ -1,0 +1,95 @@
+"""Every way a checkpoint reaches the model fits freq_embed of another resolution, logged once.
+
+The resizing lives in one place, the trunk's load_state_dict pre-hook (``fit_freq_embeds``), so
+a plain ``load_state_dict``, mmengine's ``load_checkpoint`` (what ``load_from`` and ``--resume``
+use, also with a ``backbone.`` prefix inside a detector), ``init_cfg`` and ``load_pretrained``
+all end with the same resized tensors.
+"""
+import logging
+
+import pytest
+import torch
+from mmengine.runner import load_checkpoint
+
+from conftest import MINI_POST
+from vheat_mm.checkpoint import load_pretrained
+from vheat_mm.mm.backbone import VHeatBackbone
+from vheat_mm.models import VHeat, VHeatFeatures
+from vheat_mm.models.heat import resize_freq_embed
+
+
+@pytest.fixture
+def source():
+    """A trained-looking classifier at img_size 64 (freq_embed 16, 8, 4, 2)."""
+    model = VHeat(MINI_POST, img_size=64, num_classes=5)
+    with torch.no_grad():
+        for p in model.freq_embed:
+            p.normal_()
+    return model
+
+
+def expected(source, size):
+    return [resize_freq_embed(p.detach(), (size // 4 // 2**i,) * 2)
+            for i, p in enumerate(source.freq_embed)]
+
+
+def assert_fitted(model, source, size):
+    for got, want in zip(model.freq_embed, expected(source, size)):
+        torch.testing.assert_close(got.detach(), want)
+
+
+def resize_records(caplog):
+    return [r.getMessage() for r in caplog.records
+            if 'freq_embed of another resolution resized' in r.getMessage()]
+
+
+def test_plain_load_state_dict(source, caplog):
+    target = VHeat(MINI_POST, img_size=128, num_classes=5)
+    with caplog.at_level(logging.INFO, logger='vheat_mm'):
+        result = target.load_state_dict(source.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert_fitted(target, source, 128)
+    lines = resize_records(caplog)
+    assert len(lines) == 4  # once per tensor
+    assert lines[0].endswith('freq_embed.0 (16, 16, 8) -> (32, 32, 8)')
+
+
+def test_mmengine_load_checkpoint_into_a_backbone_and_a_detector(source, tmp_path, caplog):
+    """``load_from`` and resume go through mmengine's load_checkpoint."""
+    path = tmp_path / 'epoch_1.pth'
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith('classifier')}
+    torch.save(dict(state_dict=state, meta=dict(epoch=1)), path)
+    backbone = VHeatFeatures(MINI_POST, img_size=512)
+    with caplog.at_level(logging.INFO, logger='vheat_mm'):
+        load_checkpoint(backbone, str(path), map_location='cpu')
+    assert_fitted(backbone, source, 512)
+    assert len(resize_records(caplog)) == 4
+
+    detector = torch.nn.Module()
+    detector.backbone = VHeatFeatures(MINI_POST, img_size=256)
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()}), path)
+    load_checkpoint(detector, str(path), map_location='cpu')
+    assert_fitted(detector.backbone, source, 256)
+
+
+def test_init_cfg_and_load_pretrained(source, tmp_path, caplog):
+    path = tmp_path / 'official.pth'
+    torch.save(dict(model=source.state_dict()), path)
+    backbone = VHeatBackbone(MINI_POST, img_size=128,
+                             init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with caplog.at_level(logging.INFO, logger='vheat_mm'):
+        backbone.init_weights()
+    assert_fitted(backbone, source, 128)
+    # load_pretrained fits and reports first, so the hook finds nothing left to resize
+    assert not resize_records(caplog)
+    assert any('resized (bicubic) to the model: freq_embed.0 (16, 16, 8) -> (32, 32, 8)'
+               in r.getMessage() for r in caplog.records)
+    other = VHeatFeatures(MINI_POST, img_size=256)
+    load_pretrained(other, path)
+    assert_fitted(other, source, 256)
+
+
+def test_a_freq_embed_of_other_channels_is_left_to_fail(source):
+    target = VHeat(dict(MINI_POST, dims=16), img_size=64, num_classes=5)
+    with pytest.raises(RuntimeError, match='freq_embed.0'):
+        target.load_state_dict(source.state_dict())
