@@ -398,3 +398,27 @@ def test_train_tool_reports_a_config_without_a_toolbox(tmp_path):
     assert done.returncode == 1
     assert "train.py: error: the config must set default_scope to one of ['mmdet', 'mmseg', " \
            "'mmpretrain'] to choose the toolbox; it is None" in done.stderr
+
+
+def test_check_install_checks_mmcv_ops(capsys):
+    from conftest import load_script
+    check = load_script(Path(__file__).parents[1] / 'tools/check_install.py')
+    assert check.check_mmcv_ops() is None  # on this machine: CPU ops, no GPU (or a working one)
+    out = capsys.readouterr().out
+    assert 'mmcv 2.1.0: compiled ops for the CPU' in out
+    kept, pooled = check.run_mmcv_ops('cpu')
+    assert 0 < len(kept) < 32 and pooled.shape == (32, 4, 7, 7) and pooled.abs().sum() > 0
+
+
+def test_check_install_fails_loudly_for_a_gpu_without_mmcv_cuda_ops(monkeypatch, capsys):
+    from conftest import load_script
+    import mmcv.ops
+    check = load_script(Path(__file__).parents[1] / 'tools/check_install.py')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'NVIDIA H100')
+    monkeypatch.setattr(mmcv.ops, 'get_compiling_cuda_version', lambda: 'not available')
+    problem = check.check_mmcv_ops()
+    assert problem.startswith('a GPU is visible (NVIDIA H100) but mmcv was built without CUDA '
+                              'ops: RoIAlign and NMS would fail on CUDA tensors')
+    assert check.main(['--size', '64', '64']) == 1
+    assert capsys.readouterr().err.startswith('error: a GPU is visible')

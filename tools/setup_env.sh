@@ -2,7 +2,11 @@
 # Create or update .venv at the repository root with the OpenMMLab stack and vheat_mm (editable).
 # Idempotent: when nothing that defines the environment changed, it returns in about a second.
 # The mmcv 2.1.0 wheel (a source-only release, built with its compiled ops) is cached under
-# $VHEAT_MM_CACHE (default ~/.cache/vheat_mm), keyed by torch version, and reused by later set-ups.
+# $VHEAT_MM_CACHE (default ~/.cache/vheat_mm), keyed by the torch version, its CUDA version and
+# the GPU architectures, and reused by later set-ups. Where nvidia-smi lists a GPU, mmcv is built
+# with its CUDA ops (FORCE_CUDA=1) for TORCH_CUDA_ARCH_LIST (default: the visible GPU's), which
+# needs nvcc; without a GPU, with its CPU ops only. VHEAT_MM_SETUP_PLAN=1 prints that plan (cache
+# folder and build flags) for the existing .venv and changes nothing.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,12 +18,50 @@ mmcv_version=2.1.0
 cache=${VHEAT_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vheat_mm}
 stamp="$venv/.vheat_mm_setup"
 
-fingerprint=$(cat "$root/tools/setup_env.sh" "$root/setup.py" "$root"/requirements/*.txt | sha256sum | cut -d' ' -f1)
-if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]]; then
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+gpu_present() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; }
+
+# How mmcv is built here, from the torch of $1 (a python): sets mmcv_cuda, mmcv_arch, wheel_dir.
+mmcv_build_plan() {
+    local py=$1
+    mmcv_cuda=cpu
+    mmcv_arch=
+    if gpu_present; then
+        if ! command -v nvcc >/dev/null 2>&1; then
+            log "nvidia-smi lists a GPU but nvcc, the CUDA compiler, is not on PATH: mmcv's CUDA"
+            log "ops (RoIAlign, NMS, ...) cannot be built. Install the CUDA toolkit of torch's CUDA"
+            log "version ($("$py" -c 'import torch; print(torch.version.cuda)' 2>/dev/null || echo '?'))"
+            log "or put its bin/ on PATH, then run this again."
+            return 3
+        fi
+        mmcv_cuda=$("$py" -c 'import torch; print(torch.version.cuda or "cpu")')
+        if [[ $mmcv_cuda == cpu ]]; then
+            log "nvidia-smi lists a GPU but this torch is a CPU build: mmcv gets CPU ops only"
+        else
+            mmcv_arch=${TORCH_CUDA_ARCH_LIST:-$("$py" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+        fi
+    fi
+    local key="torch-$("$py" -c 'import torch; print(torch.__version__.split("+")[0])')-$([[ $mmcv_cuda == cpu ]] && echo cpu || echo "cu$mmcv_cuda-sm${mmcv_arch// /_}")"
+    wheel_dir="$cache/mmcv-$mmcv_version-$key"
+}
+
+if [[ ${VHEAT_MM_SETUP_PLAN:-0} == 1 ]]; then
+    [[ -x "$venv/bin/python" ]] || { log "VHEAT_MM_SETUP_PLAN needs $venv (run the set-up once)"; exit 2; }
+    mmcv_build_plan "$venv/bin/python" || exit $?
+    echo "mmcv wheel cache: $wheel_dir"
+    if [[ $mmcv_cuda == cpu ]]; then
+        echo "mmcv build: MMCV_WITH_OPS=1 (CPU ops)"
+    else
+        echo "mmcv build: MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$mmcv_arch (CUDA $mmcv_cuda)"
+    fi
     exit 0
 fi
 
-log() { printf '[setup] %s\n' "$*" >&2; }
+fingerprint=$(cat "$root/tools/setup_env.sh" "$root/pyproject.toml" "$root"/requirements/*.txt | sha256sum | cut -d' ' -f1)
+if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]]; then
+    exit 0
+fi
 
 [[ -x "$venv/bin/python" ]] || { log "creating $venv"; "$python" -m venv "$venv"; }
 pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-input)
@@ -29,16 +71,18 @@ log "build tools"
 log "torch $torch_version, torchvision $torchvision_version"
 "${pip[@]}" install -q "torch==$torch_version" "torchvision==$torchvision_version"
 
-wheel_dir="$cache/mmcv-$mmcv_version-torch-$torch_version"
+mmcv_build_plan "$venv/bin/python" || exit $?
+build_env=(MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}")
+[[ $mmcv_cuda == cpu ]] || build_env+=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$mmcv_arch")
 if ! compgen -G "$wheel_dir/mmcv-$mmcv_version-*.whl" >/dev/null; then
-    log "building mmcv $mmcv_version with its compiled ops (about 12 minutes on 2 cores); cached in $wheel_dir"
+    log "building mmcv $mmcv_version with its compiled ops (${build_env[*]}; about 12 minutes on 2 cores for the CPU ops); cached in $wheel_dir"
     src=$(mktemp -d)
     "${pip[@]}" download -q --no-deps --no-binary :all: -d "$src" "mmcv==$mmcv_version"
     tar -xzf "$src/mmcv-$mmcv_version.tar.gz" -C "$src"
     # mmcv 2.1.0 pins its C++ extension to -std=c++17; torch >= 2.10 headers need C++20.
     sed -i 's/-std=c++17/-std=c++20/g' "$src/mmcv-$mmcv_version/setup.py"
     rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
-    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "${pip[@]}" wheel -q --no-build-isolation --no-deps \
+    env "${build_env[@]}" "${pip[@]}" wheel -q --no-build-isolation --no-deps \
         -w "$wheel_dir.tmp" "$src/mmcv-$mmcv_version"
     rm -rf "$wheel_dir" "$src" && mv "$wheel_dir.tmp" "$wheel_dir"
 fi

@@ -1,0 +1,70 @@
+"""tools/setup_env.sh's mmcv build plan, as far as a machine without a GPU can check it.
+
+``VHEAT_MM_SETUP_PLAN=1`` prints the wheel cache folder and the build flags for the existing
+``.venv`` and changes nothing. A fake ``nvidia-smi`` (and ``nvcc``) on PATH stands in for a GPU
+node; the architecture list comes from TORCH_CUDA_ARCH_LIST, as on a node where it is set.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH = torch.__version__.split('+')[0]
+
+
+def plan(tmp_path: Path, *, gpu: bool, nvcc: bool, arch: str | None = None
+         ) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    fakes = {'nvidia-smi': 'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"' if gpu else None,
+             'nvcc': 'echo "Cuda compilation tools"' if nvcc else None}
+    for name, body in fakes.items():
+        if body:
+            (bin_dir / name).write_text(f'#!/bin/sh\n{body}\n')
+            (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, VHEAT_MM_SETUP_PLAN='1', VHEAT_MM_CACHE=str(tmp_path / 'cache'),
+               PATH=f'{bin_dir}:/usr/bin:/bin')
+    env.pop('TORCH_CUDA_ARCH_LIST', None)
+    if arch:
+        env['TORCH_CUDA_ARCH_LIST'] = arch
+    return subprocess.run(['bash', str(ROOT / 'tools/setup_env.sh')], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_venv():
+    if not (ROOT / '.venv/bin/python').exists():
+        pytest.skip('needs the .venv made by tools/setup_env.sh')
+
+
+def test_without_a_gpu_mmcv_gets_cpu_ops(tmp_path):
+    done = plan(tmp_path, gpu=False, nvcc=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f'mmcv wheel cache: {tmp_path}/cache/mmcv-2.1.0-torch-{TORCH}-cpu',
+        'mmcv build: MMCV_WITH_OPS=1 (CPU ops)']
+
+
+def test_with_a_gpu_mmcv_gets_cuda_ops_for_its_arch(tmp_path):
+    cuda = torch.version.cuda
+    if cuda is None:
+        pytest.skip('a CPU build of torch cannot build CUDA ops')
+    done = plan(tmp_path, gpu=True, nvcc=True, arch='9.0')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f'mmcv wheel cache: {tmp_path}/cache/mmcv-2.1.0-torch-{TORCH}-cu{cuda}-sm9.0',
+        f'mmcv build: MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 (CUDA {cuda})']
+    two = plan(tmp_path, gpu=True, nvcc=True, arch='8.0 9.0')
+    assert f'-cu{cuda}-sm8.0_9.0' in two.stdout  # another arch list, another cached wheel
+
+
+def test_a_gpu_without_nvcc_stops_with_what_is_missing(tmp_path):
+    done = plan(tmp_path, gpu=True, nvcc=False, arch='9.0')
+    assert done.returncode == 3
+    assert 'nvidia-smi lists a GPU but nvcc, the CUDA compiler, is not on PATH' in done.stderr
+    assert done.stdout == ''
