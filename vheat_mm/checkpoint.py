@@ -52,6 +52,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
+# The official ImageNet-1k releases (github MzeroMiko/vHeat), per arch.
+PRETRAINED_URLS = {arch: f'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/'
+                         f'vHeat_{arch}.pth' for arch in ('tiny', 'small', 'base')}
+
 def is_url(path: str | os.PathLike) -> bool:
     return isinstance(path, str) and urllib.parse.urlparse(path).scheme in ('http', 'https')
 

@@ -86,10 +86,17 @@ def kernel_switches(**values: bool) -> Iterator[KernelSwitches]:
             setattr(SWITCHES, name, getattr(before, name))
 
 
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, 'is_exporting', None)  # torch >= 2.5
+    return bool(is_exporting and is_exporting())
+
+
 def triton_runs(switch: str, x: Tensor) -> bool:
     """Whether the kernel behind ``switch`` runs for activation ``x`` (module docstring; a
     kernel with an autograd backward also checks that ``torch.compile`` is not tracing)."""
     if not HAVE_TRITON or not getattr(SWITCHES, switch) or x.dtype not in HALF_TYPES:
+        return False
+    if _is_exporting():  # torch.export / ONNX: the eager code, in operators exporters know
         return False
     if x.is_cuda:
         return True

@@ -1,0 +1,79 @@
+"""vHeat through timm (``timm.create_model('vheat_tiny', ...)``) and torch.hub (``hubconf.py``).
+
+Nothing is downloaded: the official weights come from the official reference fixture, given
+to timm as a local file (``pretrained_cfg_overlay=dict(file=...)``).
+"""
+from pathlib import Path
+
+import pytest
+import torch
+
+timm = pytest.importorskip('timm')
+
+import vheat_mm  # noqa: E402  (registers the timm models)
+from conftest import mini_arch  # noqa: E402
+from vheat_mm.checkpoint import PRETRAINED_URLS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ['vheat_tiny', 'vheat_small', 'vheat_base']
+
+
+def test_import_registers_the_timm_models():
+    assert vheat_mm.TIMM_MODELS == tuple(NAMES)
+    assert set(NAMES) <= set(timm.list_models('vheat_*'))
+    cfg = timm.models.get_pretrained_cfg('vheat_small')
+    assert cfg.url == PRETRAINED_URLS['small']
+    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
+    assert cfg.classifier == 'classifier.3' and cfg.num_classes == 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', NAMES)
+def test_each_name_builds_with_its_features(name):
+    model = timm.create_model(name, num_classes=7).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        logits = model(x)
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+    assert logits.shape == (1, 7)
+    assert features.shape == (1, model.num_features, 3, 4) and pooled.shape == (1, model.num_features)
+    assert [f['reduction'] for f in model.feature_info] == [4, 8, 16, 32]
+    model.reset_classifier(3)
+    assert model.get_classifier().out_features == 3
+
+
+@pytest.mark.parametrize('out_indices', [(0, 1, 2, 3), (1, 3), (-1,)])
+def test_features_only_shapes_match_feature_info(out_indices):
+    model = timm.create_model('vheat_tiny', features_only=True, out_indices=out_indices,
+                              img_size=64).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(2, 3, 96, 64))
+    channels = model.feature_info.channels()
+    reductions = model.feature_info.reduction()
+    assert len(maps) == len(channels) == len(out_indices)
+    for fmap, chans, reduction in zip(maps, channels, reductions):
+        assert fmap.shape == (2, chans, 96 // reduction, 64 // reduction)
+    assert channels[-1] == 768
+
+
+def test_pretrained_official_fixture_gives_the_official_logits(official_mini, tmp_path):
+    case = official_mini['prenorm']
+    path = tmp_path / 'vheat_official_mini.pth'
+    torch.save(dict(model=case['state_dict']), path)  # the official release layout
+    config = case['config']
+    model = timm.create_model('vheat_tiny', pretrained=True, arch=mini_arch(config),
+                              img_size=config['img_size'], num_classes=config['num_classes'],
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(case['input']), case['logits'], rtol=1e-4, atol=1e-5)
+
+
+def test_torch_hub_entry_points():
+    model = torch.hub.load(str(ROOT), 'vheat_tiny', source='local', pretrained=False,
+                           num_classes=5, img_size=64)
+    assert isinstance(model, vheat_mm.VHeat) and model.num_classes == 5
+    from conftest import load_script
+    hubconf = load_script(ROOT / 'hubconf.py')
+    assert hubconf.dependencies == ['torch']
+    assert all(callable(getattr(hubconf, name)) for name in NAMES)
