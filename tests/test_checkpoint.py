@@ -105,19 +105,11 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
 @pytest.fixture
 def http_server(tmp_path):
     """A local HTTP server for files in ``tmp_path/served``; yields its base URL."""
-    import functools
-    import http.server
-    import threading
+    from helpers import CountingServer
     served = tmp_path / 'served'
     served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{server.server_port}/', served
-    server.shutdown()
-    server.server_close()
+    with CountingServer(served) as server:
+        yield server.url(''), served
 
 
 def test_url_is_downloaded_once_into_the_hub_cache(tmp_path, http_server, classifier_state,
