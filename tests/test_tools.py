@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -422,3 +423,19 @@ def test_check_install_fails_loudly_for_a_gpu_without_mmcv_cuda_ops(monkeypatch,
                               'ops: RoIAlign and NMS would fail on CUDA tensors')
     assert check.main(['--size', '64', '64']) == 1
     assert capsys.readouterr().err.startswith('error: a GPU is visible')
+
+
+def test_visualize_heat_writes_its_three_pictures(tmp_path):
+    from conftest import load_script
+    tool = load_script(Path(__file__).parents[1] / 'tools/analysis_tools/visualize_heat.py')
+    assert tool.main(['--arch', 'tiny', '--size', '64', '--images', '2', '--stage', '2',
+                      '--no-swin', '--out-dir', str(tmp_path)]) == 0
+    for name in ('erf.png', 'decay.png', 'point_source.png'):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+    model = tool.VHeatFeatures('tiny', img_size=64).eval()
+    field = tool.effective_receptive_field(
+        lambda x: model.forward_stages(x)[1].permute(0, 3, 1, 2),
+        tool.photographs(['astronaut'], 64), 'test')
+    assert field.shape == (64, 64) and field.max() == 1.0
+    peak = np.unravel_index(field.argmax(), field.shape)
+    assert all(abs(p - 32) <= 8 for p in peak)  # the central position's own neighbourhood
