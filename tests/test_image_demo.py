@@ -37,3 +37,34 @@ def test_image_demo_refuses_what_it_cannot_read(tmp_path):
         demo.resolve_image(str(tmp_path / 'absent.png'), tmp_path)
     with pytest.raises(SystemExit, match="bundles no photograph 'nothing'"):
         demo.resolve_image('skimage:nothing', tmp_path)
+
+
+def test_shapes_demo_draws_through_mmdet_visualizer(tmp_path, monkeypatch):
+    """The demo's picture: ground truth and predictions drawn by DetLocalVisualizer (here for an
+    untrained detector with the demo's classes, every prediction shown)."""
+    import cv2
+    import numpy as np
+    import torch
+    from mmdet.apis import init_detector
+    from mmdet.visualization import DetLocalVisualizer
+
+    from vheat_mm.datasets import make_shapes_coco
+    demo = load_script(ROOT / 'tools/shapes_demo.py')
+    data = make_shapes_coco(tmp_path / 'shapes', num_train=1, num_val=2, size=(64, 64))
+    model = init_detector(str(demo.CONFIG), None, device='cpu')
+    meta = dict(classes=('square', 'circle', 'triangle'), palette=[(220, 20, 60)] * 3)
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=meta)),
+               tmp_path / 'ckpt.pth')
+    drawn = []
+    real = DetLocalVisualizer.add_datasample
+
+    def spy(self, *args, **kwargs):
+        drawn.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DetLocalVisualizer, 'add_datasample', spy)
+    demo.save_predictions(tmp_path / 'ckpt.pth', Path(data), tmp_path / 'predictions.png',
+                          num_images=2, score_thr=0.0)
+    assert len(drawn) == 2 and all(k['draw_gt'] and k['draw_pred'] for k in drawn)
+    picture = cv2.imread(str(tmp_path / 'predictions.png'))
+    assert picture.shape == (2 * 64 * 2, 2 * 64 * 2, 3) and np.ptp(picture) > 0

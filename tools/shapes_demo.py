@@ -22,7 +22,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'configs/demo/mask-rcnn_vheat-t_fpn_shapes.py'
 IMAGE_SIZE = (128, 128)  # as image_size in CONFIG
-COLORS = [(60, 20, 220), (255, 128, 0), (0, 200, 0)]  # BGR per class
 
 
 def run(cmd: list[str]) -> None:
@@ -55,51 +54,40 @@ def read_test_metrics(test_dir: Path) -> dict:
     return json.loads(paths[-1].read_text().splitlines()[-1])
 
 
-def draw(image: np.ndarray, boxes, labels, masks, classes, scores=None) -> np.ndarray:
-    out = image.copy()
-    for i, (box, label) in enumerate(zip(boxes, labels)):
-        color = COLORS[int(label) % len(COLORS)]
-        if masks is not None:
-            region = masks[i].astype(bool)
-            out[region] = (0.5 * out[region] + 0.5 * np.array(color)).astype(np.uint8)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, 1)
-        text = classes[int(label)] + ('' if scores is None else f' {scores[i]:.2f}')
-        cv2.putText(out, text, (x0, max(y0 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1)
-    return out
-
-
 def save_predictions(checkpoint: Path, data_root: Path, out_path: Path, num_images: int = 4,
                      score_thr: float = 0.3) -> None:
-    """A grid: ground truth (top row) and predictions above ``score_thr`` (bottom row)."""
+    """Validation images drawn by mmdet's ``DetLocalVisualizer``: each row the ground truth
+    (left) and the predictions above ``score_thr`` (right)."""
+    import torch
     from mmdet.apis import inference_detector, init_detector
+    from mmdet.visualization import DetLocalVisualizer
+    from mmengine.structures import InstanceData
     from pycocotools.coco import COCO
 
     import vheat_mm  # noqa: F401  (registers the backbone)
 
     model = init_detector(str(CONFIG), str(checkpoint), device='cpu')
-    classes = model.dataset_meta['classes']
+    visualizer = DetLocalVisualizer(name=f'shapes_demo_{out_path.stem}')
+    visualizer.dataset_meta = model.dataset_meta
     coco = COCO(str(data_root / 'annotations/instances_val.json'))
-    truth_row, pred_row = [], []
+    rows = []
     for image_id in coco.getImgIds()[:num_images]:
         info = coco.loadImgs(image_id)[0]
         image = cv2.imread(str(data_root / 'val' / info['file_name']))
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
-        boxes = [[a['bbox'][0], a['bbox'][1], a['bbox'][0] + a['bbox'][2],
-                  a['bbox'][1] + a['bbox'][3]] for a in anns]
-        masks = np.stack([coco.annToMask(a) for a in anns]) if anns else None
-        truth_row.append(draw(image, boxes, [a['category_id'] - 1 for a in anns], masks, classes))
-        pred = inference_detector(model, image.copy()).pred_instances
-        pred = pred[pred.scores > score_thr]
-        pred_row.append(draw(image, pred.bboxes.numpy(), pred.labels.numpy(),
-                             pred.masks.numpy() if 'masks' in pred else None, classes,
-                             pred.scores.numpy()))
-    grid = np.vstack([np.hstack(truth_row), np.hstack(pred_row)])
-    grid = cv2.resize(grid, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    cv2.putText(grid, 'ground truth', (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
-    cv2.putText(grid, f'predictions (score > {score_thr})', (4, grid.shape[0] // 2 + 14),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
-    cv2.imwrite(str(out_path), grid)
+        sample = inference_detector(model, image.copy())
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[a['bbox'][0], a['bbox'][1], a['bbox'][0] + a['bbox'][2],
+                                  a['bbox'][1] + a['bbox'][3]] for a in anns]).reshape(-1, 4),
+            labels=torch.tensor([a['category_id'] - 1 for a in anns], dtype=torch.long),
+            masks=torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]).astype(bool))
+            if anns else torch.zeros(0, *image.shape[:2], dtype=torch.bool))
+        visualizer.add_datasample(info['file_name'], image[..., ::-1].copy(), sample,
+                                  draw_gt=True, draw_pred=True, show=False,
+                                  pred_score_thr=score_thr)
+        rows.append(visualizer.get_image())
+    grid = cv2.resize(np.vstack(rows), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(out_path), grid[..., ::-1])
 
 
 def main() -> int:
