@@ -8,6 +8,17 @@ from conftest import load_script
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _scoped():
+    """The inferencers and init_detector set mmengine's global default scope: restore it after,
+    so that later tests build in the registries they name."""
+    from mmengine.registry import DefaultScope
+    saved = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)
 CASES = {
     'configs/classification/vheat-t_16xb128_in1k.py':
         ('chelsea', {'pred_class', 'pred_label', 'pred_score', 'pred_scores'}),
