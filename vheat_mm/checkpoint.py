@@ -56,6 +56,7 @@ class CheckpointError(ValueError):
 PRETRAINED_URLS = {arch: f'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/'
                          f'vHeat_{arch}.pth' for arch in ('tiny', 'small', 'base')}
 
+
 def is_url(path: str | os.PathLike) -> bool:
     return isinstance(path, str) and urllib.parse.urlparse(path).scheme in ('http', 'https')
 

@@ -38,7 +38,7 @@ INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
 __all__ = ['HAVE_TRITON', 'INTERPRET', 'KERNEL_NAMES', 'KernelSwitches', 'SWITCHES',
-           'compiled_as_custom_op', 'kernel_switches', 'triton_runs']
+           'compiled_as_custom_op', 'kernel_switches', 'needs_grad', 'triton_runs']
 
 
 @dataclasses.dataclass
@@ -51,7 +51,8 @@ class KernelSwitches:
     cpu_interpreter: bool = False  # tests: kernels on CPU tensors under TRITON_INTERPRET=1
 
 
-KERNEL_NAMES = ('norm', 'linear_gelu', 'dwconv', 'attenuate')
+KERNEL_NAMES = tuple(f.name for f in dataclasses.fields(KernelSwitches)
+                     if f.name != 'cpu_interpreter')
 
 
 def _switches_from_environment() -> KernelSwitches:
@@ -86,6 +87,11 @@ def kernel_switches(**values: bool) -> Iterator[KernelSwitches]:
             setattr(SWITCHES, name, getattr(before, name))
 
 
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an operation on ``tensors`` (None entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _is_exporting() -> bool:
     is_exporting = getattr(torch.compiler, 'is_exporting', None)  # torch >= 2.5
     return bool(is_exporting and is_exporting())
@@ -117,7 +123,6 @@ def compiled_as_custom_op(qualname: str, fake: Callable[..., Tensor]
         @functools.wraps(launch)
         def call(*args):
             return op(*args) if torch.compiler.is_compiling() else launch(*args)
-        call.custom_op = op
         return call
 
     return wrap

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import HALF_TYPES, HAVE_TRITON, compiled_as_custom_op, triton_runs
+from .dispatch import HALF_TYPES, HAVE_TRITON, compiled_as_custom_op, needs_grad, triton_runs
 
 __all__ = ['layer_norm', 'layer_norm_silu', 'residual_layer_norm']
 
@@ -56,18 +56,23 @@ def _residual_layer_norm_eager(residual: Tensor, y: Tensor, weight: Tensor, bias
 
 
 # ----------------------------------------------------------------------------- public functions
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _norm_kernels(x: Tensor, z: Tensor | None, weight: Tensor, bias: Tensor,
+                  eps: float) -> Tensor | None:
+    """LN(x), times SiLU(z) unless z is None, through the Triton kernels; None where the eager
+    path runs instead (see :mod:`.dispatch`)."""
+    if not triton_runs('norm', x):
+        return None
+    if not needs_grad(x, z, weight, bias):
+        return _norm_inference(x, z, None, None, weight, bias, eps)
+    if torch.compiler.is_compiling():
+        return None
+    return _LayerNormFunction.apply(x, z, weight, bias, eps)
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """``F.layer_norm`` over the last dimension, keeping ``x``'s dtype under autocast."""
-    if triton_runs('norm', x):
-        if not _needs_grad(x, weight, bias):
-            return _norm_inference(x, None, None, None, weight, bias, eps)
-        if not torch.compiler.is_compiling():
-            return _LayerNormFunction.apply(x, None, weight, bias, eps)
-    return _layer_norm_eager(x, weight, bias, eps)
+    out = _norm_kernels(x, None, weight, bias, eps)
+    return _layer_norm_eager(x, weight, bias, eps) if out is None else out
 
 
 def layer_norm_silu(u: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float, *,
@@ -77,12 +82,8 @@ def layer_norm_silu(u: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: flo
     ``inplace=True`` lets the eager path compute SiLU in ``z``'s storage (pass it only for a
     ``z`` nobody reads afterwards, and never while autograd records).
     """
-    if triton_runs('norm', u):
-        if not _needs_grad(u, z, weight, bias):
-            return _norm_inference(u, z, None, None, weight, bias, eps)
-        if not torch.compiler.is_compiling():
-            return _LayerNormFunction.apply(u, z, weight, bias, eps)
-    return _layer_norm_silu_eager(u, z, weight, bias, eps, inplace)
+    out = _norm_kernels(u, z, weight, bias, eps)
+    return _layer_norm_silu_eager(u, z, weight, bias, eps, inplace) if out is None else out
 
 
 def residual_layer_norm(residual: Tensor, y: Tensor, weight: Tensor, bias: Tensor, eps: float,
@@ -93,7 +94,7 @@ def residual_layer_norm(residual: Tensor, y: Tensor, weight: Tensor, bias: Tenso
     reads afterwards, and never while autograd records). The Triton kernel serves inference;
     with gradients the eager path runs.
     """
-    if triton_runs('norm', y) and not _needs_grad(residual, y, weight, bias, gamma) \
+    if triton_runs('norm', y) and not needs_grad(residual, y, weight, bias, gamma) \
             and residual.dtype == y.dtype:
         if inplace and not torch.compiler.is_compiling():
             return _norm_forward(y, None, weight, bias, eps, residual=residual, gamma=gamma,

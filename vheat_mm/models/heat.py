@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..kernels import attenuate_with_grad
+from ..kernels import attenuate_with_grad, needs_grad
 
 __all__ = [
     'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
@@ -126,7 +126,7 @@ def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
     CUDA in a half type, training runs :func:`vheat_mm.kernels.attenuate_with_grad`: the float32
     attenuation applied in float32, and both gradients from one kernel.
     """
-    if not (torch.is_grad_enabled() and (spectrum.requires_grad or attenuation.requires_grad)):
+    if not needs_grad(spectrum, attenuation):
         return spectrum.mul_(attenuation)
     if spectrum.dtype == attenuation.dtype:
         return spectrum * attenuation

@@ -20,7 +20,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..kernels import depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu, \
-    residual_layer_norm
+    needs_grad, residual_layer_norm
 from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_decay_map,
                    resize_freq_embed)
 
@@ -371,7 +371,7 @@ def may_use_cache(deploy: bool, *weights: Tensor) -> bool:
     """
     if torch.compiler.is_compiling():
         return deploy
-    return deploy or not (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
+    return deploy or not needs_grad(*weights)
 
 
 class HeatContext(NamedTuple):
