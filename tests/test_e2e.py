@@ -212,7 +212,7 @@ def test_mmdet_own_test_py_refuses_a_damaged_checkpoint_in_one_line(mask_rcnn, k
                     mask_rcnn['config'], path, '--work-dir', tmp_path / 'test', returncode=1)
     assert 'Traceback' not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f'error: cannot read checkpoint {path}: ')
+    assert last.startswith(f'test.py: error: cannot read checkpoint {path}: ')  # as tools/test.py
     assert last.endswith(DAMAGED_FILES[kind])
 
 

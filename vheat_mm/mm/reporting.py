@@ -4,12 +4,14 @@
   example each freq_embed resized while loading). :func:`forward_logs_to_mmengine` sends those
   records to mmengine's current logger, so they appear in a runner's log like its own lines.
 - A :class:`~vheat_mm.checkpoint.CheckpointError` that no one catches (a truncated, empty or
-  crafted checkpoint given to a toolbox's own ``tools/test.py``) ends the program with its one
-  line, which names the file, instead of a traceback: :func:`one_line_checkpoint_errors`.
+  crafted checkpoint given to a toolbox's own ``tools/test.py``) ends the program with the one
+  line the project's own tools print, ``PROGRAM: error: MESSAGE`` naming the file, instead of a
+  traceback: :func:`one_line_checkpoint_errors`.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from ..checkpoint import CheckpointError
@@ -36,14 +38,15 @@ def forward_logs_to_mmengine() -> None:
 
 
 def one_line_checkpoint_errors() -> None:
-    """Print an uncaught CheckpointError as ``error: MESSAGE`` on stderr (exit status 1)."""
+    """Print an uncaught CheckpointError as ``PROGRAM: error: MESSAGE`` on stderr (exit
+    status 1), as ``tools/train.py`` and ``tools/test.py`` do."""
     previous = sys.excepthook
     if getattr(previous, 'vheat_mm', False):
         return
 
     def hook(kind, value, traceback):
         if issubclass(kind, CheckpointError):
-            print(f'error: {value}', file=sys.stderr)
+            print(f'{os.path.basename(sys.argv[0])}: error: {value}', file=sys.stderr)
             return
         previous(kind, value, traceback)
 

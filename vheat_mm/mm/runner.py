@@ -10,8 +10,8 @@ backend instead of ``nccl`` and DDP without ``device_ids``. :func:`build_runner`
 and, for a distributed launch, initialises the process group with mmengine's own launcher code
 (see :func:`init_distributed_without_cuda`).
 
-On any machine, :func:`build_runner` makes mmengine read checkpoints with ``weights_only=True``
-(:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`), and ``tools/train.py`` saves them
+On any machine, mmengine reads checkpoints with ``weights_only=True`` (``import vheat_mm`` sets
+:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`), and ``tools/train.py`` saves them
 with :class:`~vheat_mm.mm.checkpoint_hook.AtomicCheckpointHook` (:func:`use_atomic_checkpoints`),
 so that a run killed at any point resumes from a complete checkpoint.
 """
@@ -37,7 +37,6 @@ from mmengine.runner import Runner
 from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.parallel import DistributedDataParallel
 
-from .safe_load import use_weights_only_loading
 
 __all__ = ['ToolConfigError', 'TOOLBOXES', 'LAUNCHERS', 'add_launch_arguments',
            'export_local_rank', 'load_config', 'select_toolbox', 'enable_amp',
@@ -384,12 +383,13 @@ def init_distributed_without_cuda(cfg: Config) -> None:
 def build_runner(cfg: Config, *, toolbox: str) -> Runner:
     """The runner for ``cfg`` (``runner_type`` from the toolbox's registry); adapted if no CUDA.
 
-    The runner reads checkpoints (``load_from``, ``resume``) with ``weights_only=True``.
+    The runner reads checkpoints (``load_from``, ``resume``) with ``weights_only=True``: importing
+    vheat_mm routed mmengine's checkpoint loading through the safe reader
+    (:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`).
     """
     if toolbox == 'mmdet':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
         setup_cache_size_limit_of_dynamo()
-    use_weights_only_loading()
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
         if cfg.launcher != 'none' and not is_distributed():
