@@ -265,21 +265,27 @@ def swin_source(choice: str, case: Case) -> str:
     return 'timm'
 
 
+def timm_swin(arch: str, height: int, width: int, **kwargs) -> nn.Module:
+    """timm's Swin with the widths and depths of vHeat ``arch`` at height x width (random
+    weights); :class:`Unavailable` where timm has none (other arch, or a size that does not
+    tile into whole windows)."""
+    import timm
+    if arch not in TIMM_SWIN:
+        raise Unavailable(f'no timm Swin for arch {arch!r}')
+    multiple = 4 * 2 ** (len(_arch(arch).depths) - 1) * SWIN_WINDOW  # whole windows everywhere
+    if height % multiple or width % multiple:
+        raise Unavailable(f"timm's Swin needs sizes divisible by {multiple} (whole "
+                          f'{SWIN_WINDOW}x{SWIN_WINDOW} windows at every stage)')
+    return timm.create_model(TIMM_SWIN[arch], pretrained=False, img_size=(height, width),
+                             drop_path_rate=0.0, **kwargs)
+
+
 def build_swin(choice: str, case: Case) -> nn.Module:
     a = _arch(case.arch)
     if swin_source(choice, case) == 'timm':
-        import timm
-        if case.arch not in TIMM_SWIN:
-            raise Unavailable(f'no timm Swin for arch {case.arch!r}')
-        multiple = 4 * 2 ** (len(a.depths) - 1) * SWIN_WINDOW  # whole windows at every stage
-        if case.height % multiple or case.width % multiple:
-            raise Unavailable(f"timm's Swin needs sizes divisible by {multiple} (whole "
-                              f'{SWIN_WINDOW}x{SWIN_WINDOW} windows at every stage)')
-        kwargs = dict(img_size=(case.height, case.width), drop_path_rate=0.0)
-        if case.part == 'backbone':
-            kwargs.update(features_only=True, out_indices=(0, 1, 2, 3))
-        return _set_mode(timm.create_model(TIMM_SWIN[case.arch], pretrained=False, **kwargs),
-                         case)
+        features = dict(features_only=True, out_indices=(0, 1, 2, 3))
+        return _set_mode(timm_swin(case.arch, case.height, case.width,
+                                   **(features if case.part == 'backbone' else {})), case)
     heads = SWIN_HEADS[a.dims[0]]
     if case.part == 'classifier':
         from mmpretrain.models import SwinTransformer

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark.py's timm Swin
+
 from vheat_mm.checkpoint import CheckpointError, load_pretrained
-from vheat_mm.models import VHeatFeatures
+from vheat_mm.models import VHeatFeatures, resolve_arch
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'camera', 'cat')
@@ -94,19 +96,15 @@ def build_vheat(args) -> tuple[VHeatFeatures, str]:
     return model.eval(), f'{name}, random initialisation'
 
 
-def build_swin(arch_dims: int, depths, size: int):
-    """timm's Swin of vHeat's widths and depths, features only; None without timm."""
+def build_swin(model: VHeatFeatures, size: int):
+    """timm's Swin of ``model``'s widths and depths (benchmark.py's), features only; None
+    without timm or where timm has no such Swin."""
+    from benchmark import TIMM_SWIN, Unavailable, timm_swin
+    arch = next((name for name in TIMM_SWIN if resolve_arch(name) == model.arch), None)
     try:
-        import timm
-    except ImportError:
+        return timm_swin(arch, size, size, features_only=True).eval()
+    except (ImportError, Unavailable):
         return None
-    names = {(96, (2, 2, 6, 2)): 'swin_tiny_patch4_window7_224',
-             (96, (2, 2, 18, 2)): 'swin_small_patch4_window7_224',
-             (128, (2, 2, 18, 2)): 'swin_base_patch4_window7_224'}
-    name = names.get((arch_dims, tuple(depths)))
-    if name is None or size % 224:
-        return None
-    return timm.create_model(name, img_size=size, features_only=True).eval()
 
 
 def effective_receptive_field(forward, images: list[torch.Tensor], label: str) -> np.ndarray:
@@ -219,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     model, title = build_vheat(args)
     if not 1 <= args.stage <= len(model.layers):
         parser.error(f'--stage must be in [1, {len(model.layers)}], got {args.stage}')
-    swin = None if args.no_swin else build_swin(model.arch.dims[0], model.arch.depths, args.size)
+    swin = None if args.no_swin else build_swin(model, args.size)
     if swin is None and not args.no_swin:
         print('no Swin of this size and arch in timm here: the ERF shows vHeat alone')
     args.out_dir.mkdir(parents=True, exist_ok=True)
