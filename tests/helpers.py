@@ -6,7 +6,14 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-__all__ = ['CountingServer']
+import torch
+
+__all__ = ['CountingServer', 'rel_error']
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """|out - ref| / |ref| (Frobenius norms), computed in float64."""
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 class CountingServer:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import MINI, MINI_POST
+from helpers import rel_error
 from vheat_mm.kernels import (dispatch, kernel_switches, layer_norm, layer_norm_silu,
                               linear_gelu, residual_layer_norm, triton_runs)
 from vheat_mm.kernels import attenuate, dwconv, fused_linear, norm
@@ -30,10 +31,6 @@ HALF = [torch.bfloat16, torch.float16]
 def _kernels_on_this_device():
     with kernel_switches(cpu_interpreter=True):
         yield
-
-
-def rel_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def randn(*shape, dtype=torch.float32):

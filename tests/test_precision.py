@@ -23,15 +23,12 @@ import pytest
 import torch
 
 from conftest import MINI, MINI_POST
+from helpers import rel_error
 from vheat_mm.models import VHeat, VHeatFeatures
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 from vheat_mm.models.vheat import HeatConductionOperator
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-
-
-def rel_error(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
 
 
 def as_tuple(out):
