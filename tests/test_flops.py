@@ -1,4 +1,4 @@
-"""FLOP counting: vheat_mm.analysis (the HCO matmul handle), tools/analysis_tools/get_flops.py."""
+"""FLOP counting: vheat_mm.mm.flops (the HCO matmul handle), tools/analysis_tools/get_flops.py."""
 import re
 import subprocess
 import sys
@@ -11,7 +11,7 @@ from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
 from conftest import MINI, load_script
-from vheat_mm.analysis import flop_analyzer, switch_to_deploy
+from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.models import VHeat
 from vheat_mm.models.heat import dct_2d, dct_basis, heat_conduction
 

@@ -18,7 +18,7 @@ The vHeat backbone is switched to its deployed form first (decay**k folded, as t
 its ImageNet figures). ``--no-deploy`` counts the model as trained instead, with
 k = ReLU(Linear(freq_embed)) computed in every forward: that is how the official code counted its
 detection and segmentation figures.
-Counting is :mod:`vheat_mm.analysis`: mmengine's FlopAnalyzer, one multiply-add per FLOP, with a
+Counting is :mod:`vheat_mm.mm.flops`: mmengine's FlopAnalyzer, one multiply-add per FLOP, with a
 correct handle for the broadcasted matmuls of the HCO's DCTs.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
 import vheat_mm  # noqa: F401  registers vHeat
-from vheat_mm.analysis import flop_analyzer, switch_to_deploy
+from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.mm import runner as shared
 
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}

@@ -25,7 +25,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import Handle, get_shape
 from torch import Tensor, nn
 
-from .models import VHeat, VHeatFeatures
+from ..models import VHeat, VHeatFeatures
 
 __all__ = ['matmul_flop_jit', 'FLOP_HANDLES', 'flop_analyzer', 'switch_to_deploy']
 
