@@ -117,7 +117,7 @@ def test_shapes_and_defaults():
     assert tool.parse_shape(None, 'mmdet') == (800, 1280)
     assert tool.parse_shape([320], 'mmseg') == (320, 320)
     assert tool.parse_shape([256, 512], 'mmpretrain') == (256, 512)
-    with pytest.raises(tool.shared.ToolConfigError, match='--shape'):
+    with pytest.raises(tool.tool_config.ToolConfigError, match='--shape'):
         tool.parse_shape([1, 2, 3], 'mmpretrain')
 
 

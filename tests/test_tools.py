@@ -1,4 +1,4 @@
-"""The helpers shared by tools/train.py and tools/test.py (vheat_mm.mm.runner); launch scripts.
+"""The config steps of tools/train.py and tools/test.py (vheat_mm.mm.tool_config); launch scripts.
 
 Nothing here trains: the config transforms are checked on config dicts, the CPU process-group
 set-up with a one-process group, and the shell scripts with stand-ins for python and srun.
@@ -18,8 +18,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 
-from vheat_mm.mm import runner as shared
-from vheat_mm.mm.runner import ToolConfigError
+from vheat_mm.mm import tool_config
+from vheat_mm.mm.tool_config import ToolConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def config(**fields) -> Config:
 @pytest.fixture
 def logged(monkeypatch):
     messages = []
-    monkeypatch.setattr(shared, 'print_log',
+    monkeypatch.setattr(tool_config, 'print_log',
                         lambda message, logger, level: messages.append(message))
     return messages
 
@@ -54,7 +54,7 @@ def free_port():
 # ----------------------------------------------------------------------------- toolbox, config
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_toolbox_is_the_default_scope(scope):
-    assert shared.select_toolbox(config(default_scope=scope)) == scope
+    assert tool_config.select_toolbox(config(default_scope=scope)) == scope
 
 
 @pytest.mark.parametrize('scope', [None, 'mmengine', 'mmocr'])
@@ -63,46 +63,47 @@ def test_missing_or_unknown_scope_lists_the_toolboxes(scope):
     with pytest.raises(ToolConfigError, match=r"default_scope to one of \['mmdet', 'mmseg', "
                                               rf"'mmpretrain'\] to choose the toolbox; it is "
                                               rf"{scope!r}"):
-        shared.select_toolbox(cfg)
+        tool_config.select_toolbox(cfg)
 
 
 def test_load_config_sets_launcher_work_dir_and_options(tmp_path):
     path = tmp_path / 'upernet_vheat_tiny.py'
     path.write_text("default_scope = 'mmseg'\nmodel = dict(type='EncoderDecoder')\n")
-    cfg, toolbox = shared.load_config(str(path), work_dir=None, launcher='pytorch',
-                                      cfg_options={'model.type': 'Other'})
+    cfg, toolbox = tool_config.load_config(str(path), work_dir=None, launcher='pytorch',
+                                           cfg_options={'model.type': 'Other'})
     assert toolbox == 'mmseg' and cfg.launcher == 'pytorch' and cfg.model.type == 'Other'
     assert cfg.work_dir == os.path.join('./work_dirs', 'upernet_vheat_tiny')
-    cfg, _ = shared.load_config(str(path), work_dir='/tmp/wd', launcher='none', cfg_options=None)
+    cfg, _ = tool_config.load_config(str(path), work_dir='/tmp/wd', launcher='none',
+                                     cfg_options=None)
     assert cfg.work_dir == '/tmp/wd'
-    cfg, toolbox = shared.load_config(str(path), work_dir=None, launcher='none',
-                                      cfg_options={'work_dir': 'from_options',
-                                                   'default_scope': 'mmdet'})
+    cfg, toolbox = tool_config.load_config(str(path), work_dir=None, launcher='none',
+                                           cfg_options={'work_dir': 'from_options',
+                                                        'default_scope': 'mmdet'})
     assert cfg.work_dir == 'from_options' and toolbox == 'mmdet'
 
 
 def test_amp_resume_and_auto_scale_lr(logged):
     cfg = config(optim_wrapper=dict(optimizer=dict(type='SGD')))
-    shared.enable_amp(cfg)
+    tool_config.enable_amp(cfg)
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
-    shared.enable_amp(cfg)
+    tool_config.enable_amp(cfg)
     assert logged == ['AMP training is already enabled in the config.']
     with pytest.raises(ToolConfigError, match="OptimWrapper, the config has 'ApexOptimWrapper'"):
-        shared.enable_amp(config(optim_wrapper=dict(type='ApexOptimWrapper')))
+        tool_config.enable_amp(config(optim_wrapper=dict(type='ApexOptimWrapper')))
 
     cfg = config(resume=False, load_from='pretrained.pth')
-    shared.set_resume(cfg, resume=None)
+    tool_config.set_resume(cfg, resume=None)
     assert (cfg.resume, cfg.load_from) == (False, 'pretrained.pth')
-    shared.set_resume(cfg, resume='auto')
+    tool_config.set_resume(cfg, resume='auto')
     assert (cfg.resume, cfg.load_from) == (True, None)
-    shared.set_resume(cfg, resume='work_dirs/x/iter_4.pth')
+    tool_config.set_resume(cfg, resume='work_dirs/x/iter_4.pth')
     assert (cfg.resume, cfg.load_from) == (True, 'work_dirs/x/iter_4.pth')
 
     cfg = config(auto_scale_lr=dict(enable=False, base_batch_size=16))
-    shared.enable_auto_scale_lr(cfg)
+    tool_config.enable_auto_scale_lr(cfg)
     assert cfg.auto_scale_lr.enable is True
     with pytest.raises(ToolConfigError, match='--auto-scale-lr needs auto_scale_lr'):
-        shared.enable_auto_scale_lr(config())
+        tool_config.enable_auto_scale_lr(config())
 
 
 def test_checkpoint_hook_becomes_the_atomic_one(logged):
@@ -111,7 +112,7 @@ def test_checkpoint_hook_becomes_the_atomic_one(logged):
     from vheat_mm.mm.checkpoint_hook import AtomicCheckpointHook
 
     cfg = config(default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2)))
-    assert shared.use_atomic_checkpoints(cfg) == [
+    assert tool_config.use_atomic_checkpoints(cfg) == [
         'default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook']
     assert cfg.default_hooks.checkpoint == dict(type='AtomicCheckpointHook', interval=2)
     assert logged == ['checkpoints are written atomically: default_hooks.checkpoint: '
@@ -119,49 +120,57 @@ def test_checkpoint_hook_becomes_the_atomic_one(logged):
     assert HOOKS.get('AtomicCheckpointHook') is AtomicCheckpointHook
     for cfg in (config(), config(default_hooks=dict(checkpoint=None)),
                 config(default_hooks=dict(checkpoint=dict(type='mmengine.CheckpointHook')))):
-        assert shared.use_atomic_checkpoints(cfg) == []
+        assert tool_config.use_atomic_checkpoints(cfg) == []
 
 
 def test_mmpretrain_dataloader_defaults():
     cfg = config(train_dataloader=dict(num_workers=2, batch_size=4),
                  val_dataloader=dict(num_workers=0, collate_fn=dict(type='pseudo_collate')),
                  test_dataloader=None)
-    shared.set_dataloader_defaults(cfg, toolbox='mmpretrain', persistent_workers=True,
-                                   fields=('train_dataloader', 'val_dataloader', 'test_dataloader'))
+    tool_config.set_dataloader_defaults(
+        cfg, toolbox='mmpretrain', persistent_workers=True,
+        fields=('train_dataloader', 'val_dataloader', 'test_dataloader'))
     assert cfg.train_dataloader == dict(pin_memory=torch.cuda.is_available(), batch_size=4,
                                         collate_fn=dict(type='default_collate'), num_workers=2,
                                         persistent_workers=True)
     assert cfg.val_dataloader.collate_fn.type == 'pseudo_collate'
     assert 'persistent_workers' not in cfg.val_dataloader and cfg.test_dataloader is None
     other = config(train_dataloader=dict(num_workers=2))
-    shared.set_dataloader_defaults(other, toolbox='mmdet', persistent_workers=True,
-                                   fields=('train_dataloader',))
+    tool_config.set_dataloader_defaults(other, toolbox='mmdet', persistent_workers=True,
+                                        fields=('train_dataloader',))
     assert other.train_dataloader == dict(num_workers=2)
 
 
 def test_show_dir_and_out_per_toolbox():
     hooks = dict(visualization=dict(type='VisualizationHook'))
     det = config(default_hooks=hooks)
-    shared.enable_visualization(det, toolbox='mmdet', show_dir='shows')
+    tool_config.enable_visualization(det, toolbox='mmdet', show_dir='shows')
     assert det.default_hooks.visualization == dict(type='VisualizationHook', draw=True,
                                                    test_out_dir='shows')
     seg = config(default_hooks=hooks, visualizer=dict(type='SegLocalVisualizer'))
-    shared.enable_visualization(seg, toolbox='mmseg', show_dir='shows')
+    tool_config.enable_visualization(seg, toolbox='mmseg', show_dir='shows')
     assert seg.default_hooks.visualization.draw and seg.visualizer.save_dir == 'shows'
     cls = config(default_hooks=hooks)
-    shared.enable_visualization(cls, toolbox='mmpretrain', show_dir='shows')
+    tool_config.enable_visualization(cls, toolbox='mmpretrain', show_dir='shows')
     assert cls.default_hooks.visualization.enable and cls.default_hooks.visualization.out_dir \
         == 'shows'
     with pytest.raises(ToolConfigError, match='--show-dir needs default_hooks.visualization'):
-        shared.enable_visualization(config(default_hooks={}), toolbox='mmdet', show_dir='s')
+        tool_config.enable_visualization(config(default_hooks={}), toolbox='mmdet', show_dir='s')
 
     seg = config(test_evaluator=dict(type='IoUMetric'))
-    shared.set_test_output(seg, toolbox='mmseg', out='preds')
+    tool_config.set_test_output(seg, toolbox='mmseg', out='preds')
     assert seg.test_evaluator == dict(type='IoUMetric', output_dir='preds', keep_results=True)
-    shared.set_test_output(config(), toolbox='mmdet', out='results.pkl')
+    tool_config.set_test_output(config(), toolbox='mmdet', out='results.pkl')
     with pytest.raises(ToolConfigError, match="--out must name a .pkl or .pickle file for "
                                               "mmpretrain, got 'results.json'"):
-        shared.set_test_output(config(), toolbox='mmpretrain', out='results.json')
+        tool_config.set_test_output(config(), toolbox='mmpretrain', out='results.json')
+
+
+def test_the_objects_the_toolbox_profiles_name_import():
+    for toolbox, profile in tool_config.TOOLBOX_PROFILES.items():
+        for dotted in (profile.dump_metric, profile.runner_setup):
+            if dotted is not None:
+                assert callable(tool_config._import_object(dotted)), (toolbox, dotted)
 
 
 # ----------------------------------------------------------------------------- --tta
@@ -170,7 +179,7 @@ def test_tta_for_mmseg_swaps_in_the_config_s_model_and_pipeline():
     cfg = config(model=dict(type='EncoderDecoder', backbone=dict(type='vHeat')),
                  tta_model=dict(type='SegTTAModel'), tta_pipeline=tta_pipeline,
                  test_dataloader=dict(dataset=dict(pipeline=[dict(type='LoadImageFromFile')])))
-    shared.enable_tta(cfg, toolbox='mmseg')
+    tool_config.enable_tta(cfg, toolbox='mmseg')
     assert cfg.model == dict(type='SegTTAModel',
                              module=dict(type='EncoderDecoder', backbone=dict(type='vHeat')))
     assert cfg.test_dataloader.dataset.pipeline == tta_pipeline
@@ -184,7 +193,7 @@ def test_tta_for_mmseg_without_it_in_the_config_is_an_error(missing):
         cfg.pop(key)
     with pytest.raises(ToolConfigError, match=f'--tta needs {" and ".join(missing)} in the '
                                               f'config \\(mmseg has no default'):
-        shared.enable_tta(cfg, toolbox='mmseg')
+        tool_config.enable_tta(cfg, toolbox='mmseg')
     assert cfg.model == dict(type='EncoderDecoder')
 
 
@@ -195,7 +204,7 @@ def test_tta_for_mmdet_uses_mmdet_defaults_from_the_innermost_dataset(logged):
                  test_dataloader=dict(dataset=dict(type='RepeatDataset',
                                                    dataset=dict(type='CocoDataset',
                                                                 pipeline=pipeline))))
-    shared.enable_tta(cfg, toolbox='mmdet')
+    tool_config.enable_tta(cfg, toolbox='mmdet')
     assert cfg.model.type == 'DetTTAModel' and cfg.model.module == dict(type='MaskRCNN')
     assert cfg.model.tta_cfg == dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
     tta = cfg.test_dataloader.dataset.pipeline
@@ -211,7 +220,7 @@ def test_tta_for_mmpretrain_flips_and_averages():
     pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
     cfg = config(model=dict(type='ImageClassifier'),
                  test_dataloader=dict(dataset=dict(type='CustomDataset', pipeline=pipeline)))
-    shared.enable_tta(cfg, toolbox='mmpretrain')
+    tool_config.enable_tta(cfg, toolbox='mmpretrain')
     assert cfg.model == dict(type='mmpretrain.AverageClsScoreTTA',
                              module=dict(type='ImageClassifier'))
     assert cfg.test_dataloader.dataset.pipeline[1].transforms[1] == [dict(type='PackInputs')]
@@ -220,7 +229,7 @@ def test_tta_for_mmpretrain_flips_and_averages():
 # ----------------------------------------------------------------------------- CPU
 def test_sync_bn_becomes_bn_with_every_change_logged(logged):
     cfg = config(model=UPERNET_MODEL, sync_bn='torch', launcher='none')
-    changes = shared.adapt_to_cpu(cfg)
+    changes = tool_config.adapt_to_cpu(cfg)
     assert cfg.model.decode_head.norm_cfg == dict(type='BN', requires_grad=True)
     assert [head.norm_cfg.type for head in cfg.model.auxiliary_head] == ['BN', 'BN']
     assert cfg.model.neck.norm_cfg.type == 'BN' and cfg.sync_bn is None
@@ -229,14 +238,14 @@ def test_sync_bn_becomes_bn_with_every_change_logged(logged):
                        'model.neck.norm_cfg: mmcv.MMSyncBN -> BN',
                        "sync_bn: 'torch' -> None (no BN to SyncBN conversion)"]
     assert logged == [f'no CUDA, config changed to run on CPU: {c}' for c in changes]
-    assert shared.replace_sync_bn(cfg) == []
+    assert tool_config.replace_sync_bn(cfg) == []
     assert 'env_cfg' not in cfg and 'model_wrapper_cfg' not in cfg  # one process: no group
 
 
 def test_distributed_cpu_runs_get_gloo_and_ddp_without_device_ids(logged):
     cfg = config(model=UPERNET_MODEL, launcher='pytorch', find_unused_parameters=True,
                  env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60)))
-    changes = shared.adapt_to_cpu(cfg)
+    changes = tool_config.adapt_to_cpu(cfg)
     assert changes[-2:] == ['env_cfg.dist_cfg.backend: nccl -> gloo',
                             'model_wrapper_cfg: MMDistributedDataParallel with device_ids=None']
     assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=60)
@@ -254,7 +263,7 @@ def test_distributed_cpu_runs_get_gloo_and_ddp_without_device_ids(logged):
 ])
 def test_gloo_replaces_nccl(env_cfg, backend, changed):
     cfg = config() if env_cfg is None else config(env_cfg=env_cfg)
-    assert bool(shared.use_gloo_backend(cfg)) is changed
+    assert bool(tool_config.use_gloo_backend(cfg)) is changed
     assert cfg.env_cfg.dist_cfg.backend == backend
     if env_cfg and 'dist_cfg' in env_cfg and 'timeout' in env_cfg['dist_cfg']:
         assert cfg.env_cfg.dist_cfg.timeout == 60
@@ -263,12 +272,13 @@ def test_gloo_replaces_nccl(env_cfg, backend, changed):
 def test_ddp_subclasses_in_model_wrapper_cfg_get_no_device_ids():
     custom = config(model_wrapper_cfg=dict(type='MMSeparateDistributedDataParallel',
                                            broadcast_buffers=True))
-    assert shared.ddp_without_device_ids(custom) == [
+    assert tool_config.ddp_without_device_ids(custom) == [
         'model_wrapper_cfg (MMSeparateDistributedDataParallel): device_ids=None']
     assert custom.model_wrapper_cfg.device_ids is None
     assert custom.model_wrapper_cfg.broadcast_buffers is True
     fsdp = config(model_wrapper_cfg=dict(type='MMFullyShardedDataParallel'))
-    assert shared.ddp_without_device_ids(fsdp) == [] and 'device_ids' not in fsdp.model_wrapper_cfg
+    assert tool_config.ddp_without_device_ids(fsdp) == []
+    assert 'device_ids' not in fsdp.model_wrapper_cfg
 
 
 @pytest.fixture
@@ -306,9 +316,9 @@ def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, 
         torch.cuda.set_device(0)  # what mmengine's launchers call: it fails without a GPU
     cfg = config(model=dict(type='M'), launcher=launcher,
                  env_cfg=dict(mp_cfg=dict(mp_start_method='fork'), dist_cfg=dict(backend='nccl')))
-    shared.adapt_to_cpu(cfg)
+    tool_config.adapt_to_cpu(cfg)
     set_device = torch.cuda.set_device
-    shared.init_distributed_without_cuda(cfg)
+    tool_config.init_distributed_without_cuda(cfg)
     assert torch.cuda.set_device is set_device
     assert dist.is_initialized() and dist.get_backend() == 'gloo' and dist.get_world_size() == 1
     if launcher == 'slurm':
@@ -319,7 +329,7 @@ def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, 
                                    default_args=dict(module=torch.nn.Linear(2, 2), device_ids=[0]))
     assert wrapped.device_ids is None
     wrapped(torch.ones(1, 2)).sum().backward()
-    shared.close_distributed()
+    tool_config.close_distributed()
     assert not dist.is_initialized()
 
 

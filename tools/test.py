@@ -14,7 +14,7 @@ import sys
 
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
 from vheat_mm.checkpoint import CheckpointError
-from vheat_mm.mm import runner as shared
+from vheat_mm.mm import tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,31 +25,32 @@ def parse_args() -> argparse.Namespace:
                                       'mmseg: directory for the predicted maps')
     parser.add_argument('--show-dir', help='directory for painted predictions')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    shared.add_launch_arguments(parser)
+    tool_config.add_launch_arguments(parser)
     args = parser.parse_args()
-    shared.export_local_rank(args)
+    tool_config.export_local_rank(args)
     return args
 
 
 def main() -> None:
     args = parse_args()
     try:
-        cfg, toolbox = shared.load_config(args.config, work_dir=args.work_dir,
-                                          cfg_options=args.cfg_options, launcher=args.launcher)
+        cfg, toolbox = tool_config.load_config(
+            args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+            launcher=args.launcher)
         if args.show_dir:
-            shared.enable_visualization(cfg, toolbox=toolbox, show_dir=args.show_dir)
+            tool_config.enable_visualization(cfg, toolbox=toolbox, show_dir=args.show_dir)
         if args.tta:
-            shared.enable_tta(cfg, toolbox=toolbox)
+            tool_config.enable_tta(cfg, toolbox=toolbox)
         if args.out is not None:
-            shared.set_test_output(cfg, toolbox=toolbox, out=args.out)
-    except shared.ToolConfigError as err:
+            tool_config.set_test_output(cfg, toolbox=toolbox, out=args.out)
+    except tool_config.ToolConfigError as err:
         sys.exit(f'test.py: error: {err}')
     cfg.load_from = args.checkpoint
-    shared.set_dataloader_defaults(cfg, toolbox=toolbox, fields=('test_dataloader',),
-                                   persistent_workers=False)
-    runner = shared.build_runner(cfg, toolbox=toolbox)
+    tool_config.set_dataloader_defaults(cfg, toolbox=toolbox, fields=('test_dataloader',),
+                                        persistent_workers=False)
+    runner = tool_config.build_runner(cfg, toolbox=toolbox)
     if args.out is not None:
-        shared.attach_dump_metric(runner, toolbox=toolbox, out=args.out)
+        tool_config.attach_dump_metric(runner, toolbox=toolbox, out=args.out)
     try:
         runner.test()
     except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint
@@ -58,4 +59,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
-    shared.close_distributed()  # after main() released the runner
+    tool_config.close_distributed()  # after main() released the runner

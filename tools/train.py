@@ -4,7 +4,7 @@
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Several processes: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``. Runs
-on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.runner`.
+on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.tool_config`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
 from vheat_mm.checkpoint import CheckpointError
-from vheat_mm.mm import runner as shared
+from vheat_mm.mm import tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,31 +28,32 @@ def parse_args() -> argparse.Namespace:
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
-    shared.add_launch_arguments(parser)
+    tool_config.add_launch_arguments(parser)
     args = parser.parse_args()
     if args.amp and not torch.cuda.is_available():
         parser.error('--amp needs CUDA (mmengine\'s AmpOptimWrapper does not run on CPU)')
-    shared.export_local_rank(args)
+    tool_config.export_local_rank(args)
     return args
 
 
 def main() -> None:
     args = parse_args()
     try:
-        cfg, toolbox = shared.load_config(args.config, work_dir=args.work_dir,
-                                          cfg_options=args.cfg_options, launcher=args.launcher)
+        cfg, toolbox = tool_config.load_config(
+            args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+            launcher=args.launcher)
         if args.amp:
-            shared.enable_amp(cfg)
+            tool_config.enable_amp(cfg)
         if args.auto_scale_lr:
-            shared.enable_auto_scale_lr(cfg)
-    except shared.ToolConfigError as err:
+            tool_config.enable_auto_scale_lr(cfg)
+    except tool_config.ToolConfigError as err:
         sys.exit(f'train.py: error: {err}')
-    shared.set_resume(cfg, resume=args.resume)
-    shared.use_atomic_checkpoints(cfg)
-    shared.set_dataloader_defaults(
+    tool_config.set_resume(cfg, resume=args.resume)
+    tool_config.use_atomic_checkpoints(cfg)
+    tool_config.set_dataloader_defaults(
         cfg, toolbox=toolbox, fields=('train_dataloader', 'val_dataloader', 'test_dataloader'),
         persistent_workers=True)
-    runner = shared.build_runner(cfg, toolbox=toolbox)
+    runner = tool_config.build_runner(cfg, toolbox=toolbox)
     try:
         runner.train()
     except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint to resume from
@@ -61,4 +62,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
-    shared.close_distributed()  # after main() released the runner
+    tool_config.close_distributed()  # after main() released the runner

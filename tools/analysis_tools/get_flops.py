@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 import vheat_mm  # noqa: F401  registers vHeat
 from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
-from vheat_mm.mm import runner as shared
+from vheat_mm.mm import tool_config
 
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}
 DATA_SAMPLES = {'mmdet': 'mmdet.structures.DetDataSample',
@@ -63,19 +63,19 @@ def parse_shape(shape: Sequence[int] | None, toolbox: str) -> tuple[int, int]:
         return int(shape[0]), int(shape[0])
     if len(shape) == 2:
         return int(shape[0]), int(shape[1])
-    raise shared.ToolConfigError(f'--shape takes one size S or two, H W; got {list(shape)}')
+    raise tool_config.ToolConfigError(f'--shape takes one size S or two, H W; got {list(shape)}')
 
 
 def build_model(cfg: Config, toolbox: str, *, deploy: bool = True) -> nn.Module:
     """The config's model, from the toolbox's registry, in eval mode (and deployed form)."""
-    shared.replace_sync_bn(cfg)
+    tool_config.replace_sync_bn(cfg)
     model = importlib.import_module(f'{toolbox}.registry').MODELS.build(cfg.model)
     if toolbox == 'mmseg' and getattr(model, 'auxiliary_head', None) is not None:
         model.auxiliary_head = None  # mmseg's get_flops: not part of inference
     model.eval()
     if deploy and switch_to_deploy(model) == 0:
-        raise shared.ToolConfigError('the model has no vHeat network to switch to its '
-                                     'deployed form')
+        raise tool_config.ToolConfigError('the model has no vHeat network to switch to its '
+                                          'deployed form')
     return model
 
 
@@ -126,8 +126,8 @@ def count(model: nn.Module, inputs: Tensor, data_samples: Any, *,
 def get_flops(config: str, shape: Sequence[int] | None = None,
               cfg_options: dict | None = None, *, deploy: bool = True) -> Complexity:
     """FLOPs and parameters of ``config``'s (deployed) model on one image of ``shape`` (H, W)."""
-    cfg, toolbox = shared.load_config(config, work_dir=None, cfg_options=cfg_options,
-                                      launcher='none')
+    cfg, toolbox = tool_config.load_config(config, work_dir=None, cfg_options=cfg_options,
+                                           launcher='none')
     size = parse_shape(shape, toolbox)
     with DefaultScope.overwrite_default_scope(toolbox):  # leaves no global scope behind
         model = build_model(cfg, toolbox, deploy=deploy)
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         result = get_flops(args.config, args.shape, args.cfg_options, deploy=not args.no_deploy)
-    except shared.ToolConfigError as err:
+    except tool_config.ToolConfigError as err:
         sys.exit(f'get_flops.py: error: {err}')
     print(report(result))
 

@@ -1,8 +1,10 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: one pair of tools for three toolboxes.
+"""The config steps of ``tools/train.py`` and ``tools/test.py``, one pair of tools for three
+toolboxes (``tools/analysis_tools/get_flops.py`` reads configs with them too).
 
 The toolbox is the config's ``default_scope``. Each step follows that toolbox's own
 ``tools/train.py`` / ``tools/test.py`` (work_dir, ``--resume``, ``--amp``, ``--tta``,
-``--show-dir``, ``--out``); where they differ, the differences are kept per toolbox here.
+``--show-dir``, ``--out``); where they differ, the difference is a field of the toolbox's
+:class:`ToolboxProfile` in :data:`TOOLBOX_PROFILES`.
 
 Without CUDA, :func:`adapt_to_cpu` rewrites the config so that training and testing run on CPU,
 also with several processes: BN instead of SyncBN and, for several processes, the ``gloo``
@@ -26,7 +28,8 @@ import importlib.util
 import logging
 import os
 import os.path as osp
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
@@ -38,15 +41,65 @@ from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.parallel import DistributedDataParallel
 
 
-__all__ = ['ToolConfigError', 'TOOLBOXES', 'LAUNCHERS', 'add_launch_arguments',
-           'export_local_rank', 'load_config', 'select_toolbox', 'enable_amp',
-           'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
+__all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES', 'LAUNCHERS',
+           'add_launch_arguments', 'export_local_rank', 'load_config', 'select_toolbox',
+           'enable_amp', 'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
            'use_atomic_checkpoints',
            'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'adapt_to_cpu',
            'init_distributed_without_cuda', 'build_runner', 'close_distributed']
 
-TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
+
+@dataclass(frozen=True)
+class ToolboxProfile:
+    """Where one toolbox's own ``tools/train.py`` / ``tools/test.py`` differ from the others'.
+
+    Objects named by a dotted path (``module.name``) are imported only when used.
+    """
+    # --show-dir: the attribute of default_hooks.visualization that turns drawing on, and the
+    # config key (dotted) that takes the directory
+    show_switch: str
+    show_dir_key: str
+    # --tta: the wrapper that merges the augmented predictions; with tta_defaults, a config
+    # without tta_model / tta_pipeline gets this wrapper / a flip TTA of its test pipeline,
+    # without it the config must have both (the wrapper is then the example in the error)
+    tta_model: dict
+    tta_defaults: bool
+    # the flip TTA's last transform (None: the test pipeline's own), and whether the test
+    # pipeline is read from the innermost of nested dataset wrappers
+    tta_pack: dict | None = None
+    tta_innermost_dataset: bool = False
+    # --out: the metric that dumps predictions to a .pkl file; None: --out is a directory
+    # that the test evaluator writes predictions to (output_dir, keep_results)
+    dump_metric: str | None = None
+    # the dataloader defaults of mmpretrain's tools (default_collate, pin_memory,
+    # persistent_workers), see set_dataloader_defaults
+    dataloader_defaults: bool = False
+    # called before the runner is built
+    runner_setup: str | None = None
+
+
+TOOLBOX_PROFILES: dict[str, ToolboxProfile] = {
+    'mmdet': ToolboxProfile(
+        show_switch='draw', show_dir_key='default_hooks.visualization.test_out_dir',
+        tta_model=dict(type='DetTTAModel',
+                       tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)),
+        tta_defaults=True,
+        tta_pack=dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
+                                                       'img_shape', 'scale_factor', 'flip',
+                                                       'flip_direction')),
+        tta_innermost_dataset=True,
+        dump_metric='mmdet.evaluation.DumpDetResults',
+        runner_setup='mmdet.utils.setup_cache_size_limit_of_dynamo'),
+    'mmseg': ToolboxProfile(
+        show_switch='draw', show_dir_key='visualizer.save_dir',
+        tta_model=dict(type='SegTTAModel'), tta_defaults=False),
+    'mmpretrain': ToolboxProfile(
+        show_switch='enable', show_dir_key='default_hooks.visualization.out_dir',
+        tta_model=dict(type='mmpretrain.AverageClsScoreTTA'), tta_defaults=True,
+        dump_metric='mmengine.evaluator.DumpResults', dataloader_defaults=True),
+}
+TOOLBOXES = tuple(TOOLBOX_PROFILES)
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
 GPU_ONLY_BACKENDS = ('nccl',)
@@ -58,6 +111,12 @@ class ToolConfigError(ValueError):
 
 def _log(message: str, level: int = logging.INFO) -> None:
     print_log(message, logger='current', level=level)
+
+
+def _import_object(dotted: str) -> Any:
+    """The object that ``module.name`` names."""
+    module, _, name = dotted.rpartition('.')
+    return getattr(importlib.import_module(module), name)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -141,13 +200,14 @@ def set_resume(cfg: Config, *, resume: str | None) -> None:
 
 def set_dataloader_defaults(cfg: Config, *, toolbox: str, fields: Sequence[str],
                             persistent_workers: bool) -> None:
-    """mmpretrain's tools give its dataloaders ``default_collate`` and memory pinning defaults.
+    """The dataloader defaults of the toolboxes whose tools set them (``dataloader_defaults``:
+    mmpretrain's give ``default_collate`` and memory pinning).
 
     As in mmpretrain's tools, config values win. Two guards are added: memory is pinned only
     when CUDA is there, and ``persistent_workers`` (which torch refuses with ``num_workers=0``)
     only with workers. Other toolboxes' dataloaders are left as they are.
     """
-    if toolbox != 'mmpretrain':
+    if not TOOLBOX_PROFILES[toolbox].dataloader_defaults:
         return
     for name in fields:
         loader = cfg.get(name)
@@ -162,60 +222,48 @@ def set_dataloader_defaults(cfg: Config, *, toolbox: str, fields: Sequence[str],
 
 
 def enable_visualization(cfg: Config, *, toolbox: str, show_dir: str) -> None:
-    """Save painted predictions under ``show_dir`` (``--show-dir``), each toolbox its own way."""
+    """Save painted predictions under ``show_dir`` (``--show-dir``): the visualization hook's
+    ``show_switch`` on, the directory at ``show_dir_key``."""
     hooks = cfg.get('default_hooks') or {}
     if 'visualization' not in hooks:
         raise ToolConfigError("--show-dir needs default_hooks.visualization = "
                               "dict(type='VisualizationHook') in the config")
-    hook = cfg.default_hooks.visualization
-    if toolbox == 'mmdet':
-        hook.draw = True
-        hook.test_out_dir = show_dir
-    elif toolbox == 'mmseg':
-        hook.draw = True
-        cfg.visualizer.save_dir = show_dir
-    else:
-        hook.enable = True
-        hook.out_dir = show_dir
+    profile = TOOLBOX_PROFILES[toolbox]
+    cfg.default_hooks.visualization[profile.show_switch] = True
+    cfg.merge_from_dict({profile.show_dir_key: show_dir})
 
 
-def _default_tta(cfg: Config, *, toolbox: str) -> tuple[dict, list]:
-    """mmdet's and mmpretrain's defaults: flip TTA, merged by DetTTAModel / AverageClsScoreTTA."""
-    if toolbox == 'mmdet':
-        dataset = cfg.test_dataloader.dataset
-        while 'dataset' in dataset:
-            dataset = dataset['dataset']
-        tta_model = dict(type='DetTTAModel',
-                         tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
-        pack = dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
-                                                     'img_shape', 'scale_factor', 'flip',
-                                                     'flip_direction'))
-    else:
-        dataset = cfg.test_dataloader.dataset
-        tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
-        pack = copy.deepcopy(dataset.pipeline[-1])
+def _default_tta(cfg: Config, profile: ToolboxProfile) -> tuple[dict, list]:
+    """The toolbox's default: flip TTA of the test pipeline, merged by its ``tta_model``."""
+    dataset = cfg.test_dataloader.dataset
+    while profile.tta_innermost_dataset and 'dataset' in dataset:
+        dataset = dataset['dataset']
+    pack = copy.deepcopy(profile.tta_pack or dataset.pipeline[-1])
     pipeline = copy.deepcopy(dataset.pipeline)
     pipeline[-1] = dict(type='TestTimeAug',
                         transforms=[[dict(type='RandomFlip', prob=1.),
                                      dict(type='RandomFlip', prob=0.)], [pack]])
-    return tta_model, pipeline
+    return copy.deepcopy(profile.tta_model), pipeline
 
 
 def enable_tta(cfg: Config, *, toolbox: str) -> None:
     """Test-time augmentation (``--tta``): ``cfg.tta_model`` wraps the model, ``cfg.tta_pipeline``
     replaces the test pipeline.
 
-    mmseg needs both in the config (its configs define them); mmdet and mmpretrain fill in a
-    missing one with their tools' flip-TTA defaults, with a warning.
+    A toolbox without ``tta_defaults`` (mmseg, whose configs define both) needs both in the
+    config; mmdet and mmpretrain fill in a missing one with their tools' flip-TTA defaults,
+    with a warning.
     """
+    profile = TOOLBOX_PROFILES[toolbox]
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
-    if missing and toolbox == 'mmseg':
+    if missing and not profile.tta_defaults:
+        example = ', '.join(f'{key}={value!r}' for key, value in profile.tta_model.items())
         raise ToolConfigError(
-            f'--tta needs {" and ".join(missing)} in the config (mmseg has no default '
-            f"test-time augmentation), e.g. tta_model = dict(type='SegTTAModel') and a "
+            f'--tta needs {" and ".join(missing)} in the config ({toolbox} has no default '
+            f'test-time augmentation), e.g. tta_model = dict({example}) and a '
             f'tta_pipeline ending in a TestTimeAug transform')
     if missing:
-        tta_model, tta_pipeline = _default_tta(cfg, toolbox=toolbox)
+        tta_model, tta_pipeline = _default_tta(cfg, profile)
         defaults = dict(tta_model=tta_model, tta_pipeline=tta_pipeline)
         for key in missing:
             _log(f'--tta: the config has no {key}; using {toolbox} default {defaults[key]}',
@@ -227,12 +275,13 @@ def enable_tta(cfg: Config, *, toolbox: str) -> None:
 
 
 def set_test_output(cfg: Config, *, toolbox: str, out: str) -> None:
-    """``--out``: mmseg writes predictions to that directory; mmdet and mmpretrain dump a pickle.
+    """``--out``: a toolbox without a ``dump_metric`` (mmseg) writes predictions to that
+    directory; mmdet and mmpretrain dump a pickle.
 
     The pickle dump is attached to the built runner by :func:`attach_dump_metric`; here its
     name is checked so that a bad one fails before the model is built.
     """
-    if toolbox == 'mmseg':
+    if TOOLBOX_PROFILES[toolbox].dump_metric is None:
         cfg.test_evaluator['output_dir'] = out
         cfg.test_evaluator['keep_results'] = True
     elif not out.endswith(('.pkl', '.pickle')):
@@ -241,13 +290,11 @@ def set_test_output(cfg: Config, *, toolbox: str, out: str) -> None:
 
 
 def attach_dump_metric(runner: Runner, *, toolbox: str, out: str) -> None:
-    """Add the predictions dump of mmdet (``DumpDetResults``) or mmpretrain (``DumpResults``)."""
-    if toolbox == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
-    elif toolbox == 'mmpretrain':
-        from mmengine.evaluator import DumpResults
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
+    """Add the toolbox's ``dump_metric`` (mmdet's ``DumpDetResults``, mmengine's ``DumpResults``
+    for mmpretrain), which writes the predictions to ``out``; nothing where it has none."""
+    dump_metric = TOOLBOX_PROFILES[toolbox].dump_metric
+    if dump_metric is not None:
+        runner.test_evaluator.metrics.append(_import_object(dump_metric)(out_file_path=out))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -387,9 +434,9 @@ def build_runner(cfg: Config, *, toolbox: str) -> Runner:
     vheat_mm routed mmengine's checkpoint loading through the safe reader
     (:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`).
     """
-    if toolbox == 'mmdet':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
+    runner_setup = TOOLBOX_PROFILES[toolbox].runner_setup
+    if runner_setup is not None:
+        _import_object(runner_setup)()
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
         if cfg.launcher != 'none' and not is_distributed():
