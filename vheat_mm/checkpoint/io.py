@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models.heat import resize_freq_embed
-from .models.vheat import fit_freq_embeds
+from ..models import resize_freq_embed
+from ..models.vheat import fit_freq_embeds
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'is_url', 'cached_download', 'official_to_mmpretrain', 'find_state_dict', 'select_prefix',
            'checkpoint_filter_fn', 'load_pretrained', 'LoadReport', 'FreqEmbedKey',
