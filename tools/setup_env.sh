@@ -92,6 +92,8 @@ log "mmcv from $wheel_dir"
 log "OpenMMLab toolboxes and test tools"
 "${pip[@]}" install -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt" \
     "torch==$torch_version" "torchvision==$torchvision_version" "mmcv==$mmcv_version"
+log "openmim 0.3.9 without its dependency opendatalab (requirements/tests.txt says why)"
+"${pip[@]}" install -q --no-deps openmim==0.3.9
 log "vheat_mm (editable)"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e "$root"
 
