@@ -1,8 +1,8 @@
 # The README's main job: Mask R-CNN with vHeat-T trained from scratch on the generated "shapes"
-# dataset (COCO format, 3 classes, 128x128), 560 iterations of 4 images on the CPU (about 15
-# minutes on 2 cores, README), evaluated with CocoMetric. Fewer RoIs per image than for COCO (32 sampled,
-# 2x2 RoIAlign samples per bin): the mask head's cost is per RoI and dominates at this size. `make demo` runs it through
-# tools/shapes_demo.py, which generates data/shapes first.
+# dataset (COCO format, 3 classes, 128x128), 560 iterations of 4 images on the CPU, evaluated
+# with CocoMetric (a run's figures: docs/demo.md). Fewer RoIs per image than for COCO (32
+# sampled, 2x2 RoIAlign samples per bin): the mask head's cost is per RoI and dominates at this
+# size. `make demo` runs it through tools/shapes_demo.py, which generates data/shapes first.
 _base_ = '../mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py'
 
 data_root = 'data/shapes/'
