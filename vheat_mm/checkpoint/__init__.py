@@ -1,14 +1,32 @@
-"""vHeat checkpoints in plain PyTorch: safe reading, downloads, layouts, conversion, writing."""
-from .io import (CONVERSION_MODES, FREQ_EMBED_ENTRIES, PRETRAINED_URLS, STATE_DICT_ENTRIES,
-                 CheckpointError, FreqEmbedKey, LoadReport, cached_download,
-                 check_downstream_sizes, checkpoint_filter_fn, convert_freq_embeds,
-                 find_freq_embeds, find_state_dict, is_url, leftover_temporaries,
-                 load_pretrained, official_to_mmpretrain, read_checkpoint, replaced_atomically,
-                 select_prefix, write_checkpoint)
+"""vHeat checkpoints in plain PyTorch, one module per job.
 
-__all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'PRETRAINED_URLS', 'STATE_DICT_ENTRIES',
-           'CheckpointError', 'FreqEmbedKey', 'LoadReport', 'cached_download',
-           'check_downstream_sizes', 'checkpoint_filter_fn', 'convert_freq_embeds',
-           'find_freq_embeds', 'find_state_dict', 'is_url', 'leftover_temporaries',
-           'load_pretrained', 'official_to_mmpretrain', 'read_checkpoint', 'replaced_atomically',
-           'select_prefix', 'write_checkpoint']
+- :mod:`.io`: reading with ``torch.load(weights_only=True)`` on the CPU, and one line on why a
+  file is refused (what its pickle asks for) or cannot be read (empty, truncated...).
+- :mod:`.download`: an http(s) URL is downloaded once into torch hub's checkpoint cache, as
+  mmengine does, checked against its sha256, then read the same way.
+- :mod:`.layout`: the table of checkpoint layouts: the official one (``{'model': state_dict,
+  ...}``, also ``model_ema``), mmengine's (``{'state_dict': ..., 'meta': ...}``, keys with or
+  without a ``backbone.`` prefix), DeepSpeed's (``module``) and a bare state dict.
+- :mod:`.convert`: pure conversions: :func:`checkpoint_filter_fn` fits a state dict to a model,
+  :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's ``ImageClassifier``
+  keys, :func:`convert_freq_embeds` prepares a classification checkpoint for a larger
+  downstream resolution (what ``interpolate4downstream.py`` does).
+- :mod:`.load`: :func:`load_pretrained` reads, converts and loads a checkpoint into a model.
+- :mod:`.atomic`: :func:`write_checkpoint` and :func:`replaced_atomically` write atomically.
+"""
+from .atomic import leftover_temporaries, replaced_atomically, write_checkpoint
+from .convert import (CONVERSION_MODES, check_downstream_sizes, checkpoint_filter_fn,
+                      convert_freq_embeds, official_to_mmpretrain)
+from .download import PRETRAINED_URLS, cached_download, is_url
+from .errors import CheckpointError
+from .io import read_checkpoint
+from .layout import (FREQ_EMBED_ENTRIES, LAYOUTS, STATE_DICT_ENTRIES, FreqEmbedKey, Layout,
+                     find_freq_embeds, find_state_dict, select_prefix)
+from .load import LoadReport, load_pretrained
+
+__all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'PRETRAINED_URLS',
+           'STATE_DICT_ENTRIES', 'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport',
+           'cached_download', 'check_downstream_sizes', 'checkpoint_filter_fn',
+           'convert_freq_embeds', 'find_freq_embeds', 'find_state_dict', 'is_url',
+           'leftover_temporaries', 'load_pretrained', 'official_to_mmpretrain',
+           'read_checkpoint', 'replaced_atomically', 'select_prefix', 'write_checkpoint']

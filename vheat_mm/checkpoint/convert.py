@@ -1,0 +1,107 @@
+"""Converting vHeat state dicts and checkpoints (pure: inputs are left untouched, no file I/O)."""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import resize_freq_embed
+from ..models.vheat import fit_freq_embeds
+from .errors import CheckpointError
+from .layout import LAYOUTS, find_freq_embeds
+
+__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'official_to_mmpretrain',
+           'check_downstream_sizes', 'convert_freq_embeds']
+
+CONVERSION_MODES = ('pad', 'bicubic')
+_SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is an integer
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is resized to the model's size
+    (:func:`~vheat_mm.models.vheat.fit_freq_embeds`, for the vHeat trunk at ``model``'s root).
+
+    Pure: the input is left untouched. Other keys pass through unchanged.
+    """
+    out = dict(state_dict)
+    freq_embed = getattr(model, 'freq_embed', None)
+    if freq_embed is not None:
+        fit_freq_embeds(out, '', freq_embed)
+    return out
+
+
+def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of an official vHeat classifier -> mmpretrain ``ImageClassifier`` keys.
+
+    The official head is LayerNorm -> average pool -> Linear (``classifier.0`` / ``.3``); the
+    mmpretrain config has the LayerNorm as the backbone's ``outnorm3`` (``out_indices=(3,)``),
+    ``GlobalAveragePooling`` as neck and ``LinearClsHead`` (``head.fc``). Every other key goes
+    under ``backbone.`` (the official layout's ``to_mmpretrain`` in :data:`LAYOUTS`). Pure; the
+    tensors are shared, not copied.
+    """
+    keys = set(state_dict)
+    if not {'classifier.3.weight', 'freq_embed.0'} <= keys:
+        raise CheckpointError(
+            'not an official vHeat classifier state dict (it needs freq_embed.0 and '
+            f'classifier.3.weight); keys found: {sorted(keys)[:20]}')
+    renames = LAYOUTS['official'].to_mmpretrain
+    converted = {}
+    for key, value in state_dict.items():
+        old = max((old for old in renames if key.startswith(old)), key=len)
+        converted[renames[old] + key[len(old):]] = value
+    return converted
+
+
+def check_downstream_sizes(pt_size: int, tg_size: int) -> None:
+    """Raise :class:`ValueError` unless both sizes are positive multiples of 32 and tg >= pt."""
+    bad = [f'{name}={size}' for name, size in (('pt_size', pt_size), ('tg_size', tg_size))
+           if size <= 0 or size % _SIZE_MULTIPLE]
+    if bad:
+        raise ValueError(f'image sizes must be positive multiples of {_SIZE_MULTIPLE} (the '
+                         f'stride of the last stage), got {", ".join(bad)}')
+    if tg_size < pt_size:
+        raise ValueError(f'tg_size ({tg_size}) is smaller than pt_size ({pt_size}): the '
+                         f'conversion only enlarges freq_embed, so tg_size must be at least '
+                         f'pt_size')
+
+
+def _pad_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero-pad a (H, W, C) freq_embed at the bottom and right to ``size`` (the official way)."""
+    pad_h, pad_w = size[0] - freq_embed.shape[0], size[1] - freq_embed.shape[1]
+    padded = F.pad(freq_embed.permute(2, 0, 1), (0, pad_w, 0, pad_h), mode='constant', value=0)
+    return padded.permute(1, 2, 0).contiguous()
+
+
+def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
+                        mode: str = 'pad') -> dict:
+    """A copy of ``checkpoint`` with each freq_embed enlarged from ``pt_size`` to ``tg_size``.
+
+    Stage i's freq_embed is (s, s, C) with s = size / 4 / 2^i. ``mode='pad'`` zero-pads it at
+    the bottom and right, as the official ``interpolate4downstream.py`` does; ``mode='bicubic'``
+    resizes it with :func:`~vheat_mm.models.heat.resize_freq_embed`. The freq_embeds are those
+    :func:`~vheat_mm.checkpoint.layout.find_freq_embeds` finds; every other entry and key is
+    kept as it is (the same objects); the input is left untouched.
+    """
+    if mode not in CONVERSION_MODES:
+        raise ValueError(f'unknown mode {mode!r}; choose one of {list(CONVERSION_MODES)}')
+    check_downstream_sizes(pt_size, tg_size)
+    found = find_freq_embeds(checkpoint)
+    converted = dict(checkpoint)
+    for entry in dict.fromkeys(k.entry for k in found):
+        converted[entry] = copy.copy(checkpoint[entry])  # keeps OrderedDict and its _metadata
+    for entry, key, stage in found:
+        value = checkpoint[entry][key]
+        expected = pt_size // 4 // 2**stage
+        if not isinstance(value, Tensor) or value.dim() != 3 \
+                or tuple(value.shape[:2]) != (expected, expected):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise CheckpointError(
+                f'{entry}[{key!r}] has shape {shape}, but pt_size={pt_size} gives stage {stage} '
+                f'a ({expected}, {expected}, C) freq_embed; is pt_size the resolution the '
+                f'checkpoint was trained at?')
+        target = (tg_size // 4 // 2**stage,) * 2
+        converted[entry][key] = (_pad_freq_embed(value, target) if mode == 'pad'
+                                 else resize_freq_embed(value, target))
+    return converted

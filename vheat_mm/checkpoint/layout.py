@@ -1,0 +1,112 @@
+"""Where a vHeat checkpoint keeps its weights: the table of layouts, and the look-ups in it.
+
+A checkpoint is a dict whose entry (a top-level key) holds the state dict, in one of the
+:data:`LAYOUTS`, or is itself a bare state dict (a mapping of tensors).
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping, NamedTuple
+
+from torch import Tensor
+
+from .errors import CheckpointError
+
+__all__ = ['Layout', 'LAYOUTS', 'STATE_DICT_ENTRIES', 'FREQ_EMBED_ENTRIES', 'FreqEmbedKey',
+           'find_state_dict', 'select_prefix', 'find_freq_embeds']
+
+
+class Layout(NamedTuple):
+    """One checkpoint layout.
+
+    ``entries``: the top-level entries that hold its state dicts. ``freq_embed``: the pattern of
+    its freq_embed keys (group 1: the stage), or None where the layout is not converted for a
+    downstream resolution. ``to_mmpretrain``: key prefix -> prefix in mmpretrain's
+    ``ImageClassifier``, ``''`` standing for every other key; empty where no such conversion is
+    defined.
+    """
+    entries: tuple[str, ...]
+    freq_embed: re.Pattern[str] | None
+    to_mmpretrain: Mapping[str, str]
+
+
+_FREQ_EMBED = re.compile(r'(?:backbone\.)?freq_embed\.(\d+)')
+
+# By writer, in the order find_state_dict tries their entries.
+LAYOUTS: dict[str, Layout] = {
+    'mmengine': Layout(entries=('state_dict',), freq_embed=_FREQ_EMBED, to_mmpretrain={}),
+    'official': Layout(entries=('model', 'model_ema'), freq_embed=_FREQ_EMBED,
+                       to_mmpretrain={'classifier.0.': 'backbone.outnorm3.',
+                                      'classifier.3.': 'head.fc.', '': 'backbone.'}),
+    'DeepSpeed': Layout(entries=('module',), freq_embed=None, to_mmpretrain={}),
+}
+STATE_DICT_ENTRIES = tuple(entry for layout in LAYOUTS.values() for entry in layout.entries)
+FREQ_EMBED_ENTRIES = tuple(entry for layout in LAYOUTS.values() if layout.freq_embed
+                           for entry in layout.entries)
+
+
+def find_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
+    """The state dict inside a checkpoint of any recognised layout."""
+    for entry in STATE_DICT_ENTRIES:
+        if isinstance(checkpoint.get(entry), Mapping):
+            return dict(checkpoint[entry])
+    if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
+        return dict(checkpoint)
+    raise CheckpointError(
+        f'no state dict found: expected one of the entries {list(STATE_DICT_ENTRIES)} or a '
+        f'mapping of tensors, found keys {sorted(checkpoint)[:20]}')
+
+
+def select_prefix(state_dict: Mapping[str, Tensor], prefix: str | None) -> dict[str, Tensor]:
+    """Keys under ``prefix`` (e.g. 'backbone'), stripped of it.
+
+    With ``prefix=None``, a 'module.' (DDP) prefix is removed and, if the keys are those of a
+    whole detector or segmentor, the 'backbone.' part is selected.
+    """
+    if prefix is None:
+        state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+        prefix = 'backbone' if any(k.startswith('backbone.') for k in state_dict) else ''
+    if not prefix:
+        return dict(state_dict)
+    head = prefix.rstrip('.') + '.'
+    selected = {k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)}
+    if not selected:
+        raise CheckpointError(f'no key starts with {head!r}; the checkpoint has keys such as '
+                              f'{sorted(state_dict)[:10]}')
+    return selected
+
+
+class FreqEmbedKey(NamedTuple):
+    """Where a freq_embed sits in a checkpoint: ``checkpoint[entry][key]``, of stage ``stage``."""
+    entry: str
+    key: str
+    stage: int
+
+
+def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
+    """Every freq_embed in the entries of the :data:`LAYOUTS` that have freq_embed keys
+    (``state_dict``, ``model``, ``model_ema``: ``[backbone.]freq_embed.{i}``).
+
+    Raises :class:`CheckpointError` listing the top-level keys when none of those entries is
+    present, or listing an entry's keys when that entry holds no freq_embed.
+    """
+    present = [(entry, layout.freq_embed) for layout in LAYOUTS.values() if layout.freq_embed
+               for entry in layout.entries if isinstance(checkpoint.get(entry), Mapping)]
+    if not present:
+        official, mmengine = (', '.join(LAYOUTS[name].entries) for name in ('official', 'mmengine'))
+        raise CheckpointError(
+            f'unknown checkpoint layout: expected an official entry ({official}) or an mmengine '
+            f'entry ({mmengine}), found top-level keys {sorted(map(str, checkpoint))}')
+    found = []
+    for entry, pattern in present:
+        keys = [FreqEmbedKey(entry, key, int(match.group(1))) for key in checkpoint[entry]
+                if (match := pattern.fullmatch(str(key)))]
+        if not keys:
+            names = sorted(map(str, checkpoint[entry]))
+            shown = ', '.join(names[:20]) + (f', ... ({len(names)} keys)' if len(names) > 20
+                                             else '')
+            raise CheckpointError(f'no freq_embed in the checkpoint entry {entry!r} (is it a '
+                                  f'vHeat checkpoint?): expected keys freq_embed.<stage> or '
+                                  f'backbone.freq_embed.<stage>; keys found: {shown or "none"}')
+        found.extend(sorted(keys, key=lambda k: (k.stage, k.key)))
+    return found

@@ -1,0 +1,69 @@
+"""Loading a vHeat checkpoint file into a model: read, find the state dict, convert, load."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .convert import checkpoint_filter_fn
+from .errors import CheckpointError
+from .io import read_checkpoint
+from .layout import find_state_dict, select_prefix
+
+__all__ = ['LoadReport', 'load_pretrained']
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did: keys it could not fill, keys it ignored, resizes."""
+    path: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f'loaded vHeat weights from {self.path}']
+        if self.resized:
+            out.append('resized (bicubic) to the model: ' + ', '.join(self.resized))
+        if self.missing:
+            out.append(f'missing in the checkpoint, left as initialised ({len(self.missing)}): '
+                       + ', '.join(self.missing))
+        if self.unexpected:
+            out.append(f'in the checkpoint but not in the model, ignored '
+                       f'({len(self.unexpected)}): ' + ', '.join(self.unexpected))
+        return out
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | None = None,
+                    strict: bool = False) -> LoadReport:
+    """Load a vHeat checkpoint of any recognised layout into ``model``.
+
+    freq_embed tensors of another resolution are resized. Tensors whose shapes cannot fit raise
+    :class:`CheckpointError` naming every such key; with ``strict=True`` missing or unexpected
+    keys raise too. The returned :class:`LoadReport` lists what was not loaded.
+    """
+    state_dict = select_prefix(find_state_dict(read_checkpoint(path)), prefix)
+    converted = checkpoint_filter_fn(state_dict, model)
+    own = model.state_dict()
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                  for k, v in converted.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise CheckpointError(f'{path}: tensors that cannot fit the model: '
+                              + '; '.join(mismatched))
+    report = LoadReport(
+        path=os.fspath(path),
+        missing=sorted(set(own) - set(converted)),
+        unexpected=sorted(set(converted) - set(own)),
+        resized=[f'{k} {tuple(state_dict[k].shape)} -> {tuple(converted[k].shape)}'
+                 for k in converted if converted[k] is not state_dict[k]],
+    )
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError('\n'.join(report.lines()))
+    model.load_state_dict({k: v for k, v in converted.items() if k in own}, strict=False)
+    for line in report.lines():
+        logger.info(line)
+    return report
