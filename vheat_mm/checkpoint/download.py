@@ -1,6 +1,7 @@
 """Downloading checkpoints: once per URL into torch hub's cache, checked against their sha256."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -9,6 +10,7 @@ import urllib.parse
 
 import torch
 
+from .atomic import replaced_atomically
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -33,10 +35,11 @@ def cached_download(url: str, model_dir: str | None = None, *, sha256: str | Non
     keep downloaded weights. The download shows a progress bar and is checked against
     ``sha256`` (a prefix of the digest is enough) or, as torch hub does, against the hash
     prefix in the file's name (``NAME-<hex>.pth``); a mismatch is refused naming the URL and
-    both hashes. torch's downloader writes a temporary file and renames it, so neither an
-    interrupted nor a refused download leaves a file under the final name. In a distributed
-    run, rank 0 downloads while the other ranks wait at a barrier, then all read the one file
-    (a rank that still finds no file, on a node of its own disk, downloads it itself).
+    both hashes. The file is downloaded under a temporary name and renamed once checked
+    (:func:`~vheat_mm.checkpoint.atomic.replaced_atomically`), so neither an interrupted nor a
+    refused download leaves a file under the final name. In a distributed run, rank 0
+    downloads while the other ranks wait at a barrier, then all read the one file (a rank that
+    still finds no file, on a node of its own disk, downloads it itself).
     """
     model_dir = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
     filename = os.path.basename(urllib.parse.urlparse(url).path)
@@ -68,13 +71,19 @@ def _download(url: str, cached: str, expected: str | None) -> None:
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     logger.info('downloading %s to %s', url, cached)
     try:
-        torch.hub.download_url_to_file(url, cached, hash_prefix=expected, progress=True)
-    except RuntimeError as err:
-        found = re.search(r'expected "([0-9a-f]*)", got "([0-9a-f]*)"', str(err))
-        if not found:
-            raise
-        raise CheckpointError(f'{url}: the downloaded file\'s sha256 is {found.group(2)}, not '
-                              f'the expected {found.group(1)}...; it was not kept') from None
+        with replaced_atomically(cached) as tmp:
+            torch.hub.download_url_to_file(url, tmp, progress=True)
+            digest = _sha256(tmp)
+            if expected and not digest.startswith(expected):
+                raise CheckpointError(f'{url}: the downloaded file\'s sha256 is {digest}, not the '
+                                      f'expected {expected}...; it was not kept')
     except (urllib.error.URLError, OSError) as err:
         raise CheckpointError(f'cannot download {url}: {err}') from err
 
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as file:
+        for block in iter(lambda: file.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
