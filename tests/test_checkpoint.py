@@ -1,14 +1,16 @@
 """Reading and converting checkpoints: layouts, prefixes, freq_embed resizing, clear errors."""
+import argparse
+import collections
 import os
+import re
 
 import pytest
 import torch
 
 from conftest import DAMAGED_FILES, MINI, write_crafted_checkpoint, write_damaged_checkpoint
-from vheat_mm.checkpoint import (CheckpointError, checkpoint_filter_fn, load_pretrained,
-                                 read_checkpoint)
-from vheat_mm.models import VHeat, VHeatFeatures
-from vheat_mm.models.heat import resize_freq_embed
+from vheat_mm.checkpoint import (CheckpointError, RefusedCall, checkpoint_filter_fn,
+                                 load_pretrained, official_to_mmpretrain, read_checkpoint)
+from vheat_mm.models import VHeat, VHeatFeatures, resize_freq_embed
 
 
 @pytest.fixture
@@ -60,6 +62,15 @@ def test_filter_fn_is_pure(classifier_state):
     assert all(torch.equal(before[k], classifier_state[k]) for k in before)
 
 
+def test_official_keys_map_to_mmpretrain(classifier_state):
+    converted = official_to_mmpretrain(classifier_state)
+    assert len(converted) == len(classifier_state)
+    assert converted['backbone.outnorm3.weight'] is classifier_state['classifier.0.weight']
+    assert converted['head.fc.bias'] is classifier_state['classifier.3.bias']
+    assert converted['backbone.freq_embed.0'] is classifier_state['freq_embed.0']
+    assert not [k for k in converted if k.startswith('backbone.classifier')]
+
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
         load_pretrained(VHeat(MINI, img_size=64), tmp_path / 'nowhere.pth')
@@ -100,6 +111,75 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
         load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
     assert '\n' not in str(error.value)
     assert not os.path.exists(marker)
+
+
+class _StateDict(collections.OrderedDict):
+    """An OrderedDict subclass: a global that weights_only loading does not allow."""
+
+
+@pytest.mark.parametrize('value, name', [
+    (argparse.Namespace(lr=0.1), 'argparse.Namespace'),
+    (_StateDict(w=torch.ones(1)), f'{__name__}._StateDict'),
+])
+def test_unsafe_global_is_refused_naming_it(tmp_path, classifier_state, value, name):
+    path = tmp_path / 'unsafe.pth'
+    torch.save({'model': classifier_state, 'extra': value}, path)
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert str(error.value).startswith(
+        f'refusing to load {path}: its pickle asks for {name}, which weights_only loading does '
+        f'not allow')
+
+
+def test_unsafe_global_is_refused_where_torch_cannot_list_globals(tmp_path, monkeypatch):
+    """torch < 2.6 has no get_unsafe_globals_in_checkpoint: still a refusal, naming no global."""
+    path = tmp_path / 'unsafe.pth'
+    torch.save({'args': argparse.Namespace(lr=0.1)}, path)
+    monkeypatch.delattr(torch.serialization, 'get_unsafe_globals_in_checkpoint')
+    with pytest.raises(CheckpointError, match=rf'^refusing to load {re.escape(str(path))}: its '
+                                              r'pickle asks for a global or call \('):
+        read_checkpoint(path)
+
+
+def test_legacy_file_with_an_unsafe_global_is_named_legacy(tmp_path):
+    path = tmp_path / 'legacy.pth'
+    torch.save({'args': argparse.Namespace(lr=0.1)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r'a legacy torch file \(not a zip archive\) whose '
+                                              r'pickle weights_only loading refuses'):
+        read_checkpoint(path)
+
+
+def _allowed_for_one(n):
+    """An allowlisted global that refuses any argument but 1, and returns a function."""
+    if n != 1:
+        raise RefusedCall(f'_allowed_for_one({n})', 'only _allowed_for_one(1) is allowed')
+    return print
+
+
+class _Calls:
+    """Pickles as ``_allowed_for_one(n)``, called with ``args`` where they are given."""
+
+    def __init__(self, n, *args):
+        self.n, self.args = n, args
+
+    def __call__(self, *args):
+        pass
+
+    def __reduce__(self):
+        return (_Calls(self.n), self.args) if self.args else (_allowed_for_one, (self.n,))
+
+
+@pytest.mark.parametrize('payload, asked', [
+    (_Calls(2), '_allowed_for_one(2)'),  # refused by the allowlisted global itself
+    (_Calls(1, 'x'), 'a call of an object built while unpickling'),  # print, not allowlisted
+])
+def test_refused_call_is_named(tmp_path, payload, asked):
+    path = tmp_path / 'calls.pth'
+    torch.save({'x': payload}, path)
+    with torch.serialization.safe_globals([_allowed_for_one]), \
+            pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert str(error.value).startswith(f'refusing to load {path}: its pickle asks for {asked}, ')
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """vHeat checkpoints in plain PyTorch, one module per job.
 
 - :mod:`.io`: reading with ``torch.load(weights_only=True)`` on the CPU, and one line on why a
-  file is refused (what its pickle asks for) or cannot be read (empty, truncated...).
+  file is refused (the unsafe globals torch lists) or cannot be read (empty, truncated...).
 - :mod:`.download`: an http(s) URL is downloaded once into torch hub's checkpoint cache, as
   mmengine does, checked against its sha256, then read the same way.
 - :mod:`.layout`: the table of checkpoint layouts: the official one (``{'model': state_dict,
@@ -19,14 +19,14 @@ from .convert import (CONVERSION_MODES, check_downstream_sizes, checkpoint_filte
                       convert_freq_embeds, official_to_mmpretrain)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
-from .io import read_checkpoint
+from .io import RefusedCall, read_checkpoint
 from .layout import (FREQ_EMBED_ENTRIES, LAYOUTS, STATE_DICT_ENTRIES, FreqEmbedKey, Layout,
                      find_freq_embeds, find_state_dict, select_prefix)
 from .load import LoadReport, load_pretrained
 
 __all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'PRETRAINED_URLS',
            'STATE_DICT_ENTRIES', 'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport',
-           'cached_download', 'check_downstream_sizes', 'checkpoint_filter_fn',
+           'RefusedCall', 'cached_download', 'check_downstream_sizes', 'checkpoint_filter_fn',
            'convert_freq_embeds', 'find_freq_embeds', 'find_state_dict', 'is_url',
            'leftover_temporaries', 'load_pretrained', 'official_to_mmpretrain',
            'read_checkpoint', 'replaced_atomically', 'select_prefix', 'write_checkpoint']

@@ -1,10 +1,14 @@
 """Reading checkpoint files safely: ``torch.load(weights_only=True)`` on the CPU, and one line
-naming the file and why when it cannot be read."""
+naming the file and why when it cannot be read.
+
+A file the weights-only unpickler refuses is named with the globals its pickle asks for, as
+torch lists them (``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.6); a
+damaged file with what is wrong with it (empty, truncated, not written by ``torch.save``).
+"""
 from __future__ import annotations
 
 import os
 import pickle
-import re
 import zipfile
 from typing import Mapping
 
@@ -13,7 +17,20 @@ import torch
 from .download import cached_download, is_url
 from .errors import CheckpointError
 
-__all__ = ['read_checkpoint']
+__all__ = ['RefusedCall', 'read_checkpoint']
+
+# How a file that torch.save wrote in its legacy (non-zip, torch < 1.6) format starts.
+_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:4]
+_ALLOWED = "allowed are tensors, containers, numbers, strings and mmengine's checkpoint types"
+
+
+class RefusedCall(CheckpointError):
+    """Raised while unpickling by an allowlisted global that was called with arguments it does
+    not allow; ``call`` names the call, ``allowed`` what the global allows."""
+
+    def __init__(self, call: str, allowed: str) -> None:
+        super().__init__(f'checkpoint asks for {call}; {allowed}')
+        self.call, self.allowed = call, allowed
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -29,40 +46,52 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except RefusedCall as err:
+        raise CheckpointError(_refusal(path, err.call)) from None
     except Exception as err:  # unsafe pickle, truncated or corrupt file, permission...
-        called = _unsafe_call(err)
-        if called:
-            raise CheckpointError(
-                f'refusing to load {path}: its pickle asks for {called}, which weights_only '
-                f'loading does not allow (loading it could run code); allowed are tensors, '
-                f"containers, numbers, strings and mmengine's checkpoint types") from None
-        raise CheckpointError(f'cannot read checkpoint {path}: {_damage(path, err)}; expected a '
-                              f'complete file written by torch.save') from err
+        damage = _damage(path, err)
+        if damage is None and isinstance(err, pickle.UnpicklingError):  # refused or unparsable
+            asked = _unsafe_globals(path)
+            if asked:
+                raise CheckpointError(_refusal(path, asked)) from None
+        raise CheckpointError(f'cannot read checkpoint {path}: {damage or _corrupt(err)}; '
+                              f'expected a complete file written by torch.save') from err
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, not a dict of tensors')
     return dict(checkpoint)
 
 
-_UNSAFE_CALL = re.compile(r'GLOBAL (\S+)|unrecognized function (\S+)|allowlisted.*?but got '
-                          r'(\S+)|asks for (getattr\([^)]*\))')
+def _refusal(path: str, asked: str) -> str:
+    return (f'refusing to load {path}: its pickle asks for {asked}, which weights_only loading '
+            f'does not allow (loading it could run code); {_ALLOWED}')
 
 
-def _unsafe_call(err: Exception) -> str | None:
-    """The global a weights-only load refused, if that is why ``err`` was raised."""
-    if not isinstance(err, pickle.UnpicklingError):
+def _unsafe_globals(path: str) -> str | None:
+    """What the pickle of ``path``, a complete torch.save archive, asks for that weights_only
+    loading does not allow: the globals torch lists, or a description where it names none;
+    None where torch cannot parse the pickle (a damaged file, not a refusal)."""
+    if not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):  # torch < 2.6
+        return 'a global or call (torch >= 2.6 would name it)'
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 -- whatever torch raises, the pickle cannot be parsed
         return None
-    match = _UNSAFE_CALL.search(str(err))
-    return next((group for group in match.groups() if group), None) if match else None
+    return ', '.join(sorted(unsafe)) or 'a call of an object built while unpickling'
 
 
-def _damage(path: str, err: Exception) -> str:
-    """One line on why ``torch.load`` failed on ``path``: empty, truncated, not torch's, corrupt."""
+def _damage(path: str, err: Exception) -> str | None:
+    """One line on what is wrong with ``path`` that ``torch.load`` failed on: unreadable, empty,
+    legacy, truncated, not torch's; None for a complete zip archive with a ``data.pkl``."""
     if isinstance(err, OSError):
         return f'{type(err).__name__}: {err.strerror or err}'
     with open(path, 'rb') as file:
         head = file.read(4)
     if not head:
         return 'the file is empty'
+    if head == _LEGACY_HEAD:
+        return (f'a legacy torch file (not a zip archive) whose pickle weights_only loading '
+                f'refuses or cannot parse ({type(err).__name__}; torch names the globals it '
+                f'refuses in zip archives only)')
     if head != b'PK\x03\x04':
         return (f'it is neither a zip archive (what torch.save writes) nor a readable legacy '
                 f'torch file ({type(err).__name__}: random bytes, text or a damaged file?)')
@@ -73,5 +102,10 @@ def _damage(path: str, err: Exception) -> str:
     if not any(name.endswith('/data.pkl') for name in names):
         shown = ', '.join(names[:5]) + (', ...' if len(names) > 5 else '')
         return f'a zip archive without data.pkl, not written by torch.save (it holds {shown})'
-    reason = re.split(r'\.\s', (str(err).strip().splitlines() or [''])[0], maxsplit=1)[0]
+    return None
+
+
+def _corrupt(err: Exception) -> str:
+    """For a complete torch.save archive whose content torch.load could not rebuild."""
+    reason = (str(err).strip().splitlines() or [''])[0].partition('. ')[0]
     return f'the archive is corrupt ({type(err).__name__}: {reason[:200]})'

@@ -8,7 +8,8 @@ the safety stays on: a checkpoint holding anything else is still refused.
 
 A HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``. Rather
 than allowing ``builtins.getattr`` itself, the allowlist maps that global to
-:func:`history_buffer_method`, which resolves only public methods of HistoryBuffer.
+:func:`history_buffer_method`, which resolves only public methods of HistoryBuffer and refuses
+any other attribute with :class:`~vheat_mm.checkpoint.RefusedCall` naming the call.
 
 The tools also route mmengine's own checkpoint reading (``--resume``, ``load_from``, the test
 checkpoint) through :func:`vheat_mm.checkpoint.read_checkpoint`: :func:`use_weights_only_loading`.
@@ -16,13 +17,12 @@ checkpoint) through :func:`vheat_mm.checkpoint.read_checkpoint`: :func:`use_weig
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-from ..checkpoint import CheckpointError, is_url, read_checkpoint
+from ..checkpoint import CheckpointError, RefusedCall, is_url, read_checkpoint
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
@@ -38,9 +38,8 @@ def history_buffer_method(owner: type, name: str):
     if owner is HistoryBuffer and not name.startswith('_') and callable(
             HistoryBuffer.__dict__.get(name)):
         return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'checkpoint asks for getattr({getattr(owner, "__name__", owner)!r}, {name!r}); only '
-        f'public HistoryBuffer methods are allowed')
+    raise RefusedCall(f'getattr({getattr(owner, "__name__", owner)!r}, {name!r})',
+                      'only public HistoryBuffer methods are allowed')
 
 
 def mmengine_checkpoint_types() -> list:
