@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import load_script  # noqa: F401  (test modules import it from here too)
+
 if not torch.cuda.is_available():
     # Triton kernels run on CPU tensors through Triton's interpreter (tests/test_kernels.py);
     # it must be chosen before Triton is first imported.
@@ -30,15 +32,6 @@ MINI_POST = dict(depths=(1, 1, 2, 1), dims=8, post_norm=True, layer_scale=1e-5)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def load_script(path: Path):
-    """Import a command-line script (not a package module) by its path, as a module."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FileCreatingPayload:

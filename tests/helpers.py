@@ -2,13 +2,93 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import torch
 
-__all__ = ['CountingServer', 'rel_error']
+__all__ = ['ROOT', 'CONFIGS', 'TOOL_TIMEOUT', 'CountingServer', 'free_port', 'load_script',
+           'python_tool', 'rel_error', 'remove_checkpoints', 'run_tool', 'synthetic_shapes',
+           'write_config']
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / 'configs'
+TOOL_TIMEOUT = 420  # seconds for one tool run on tiny data; a whole run takes well under a minute
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a file that is not part of a package (a tools/ or demo/ script, hubconf.py) by its
+    path, as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_shapes() -> ModuleType:
+    """``tools/synthetic_shapes.py``: the generated "shapes" datasets and ``SHAPE_CLASSES``."""
+    return load_script(ROOT / 'tools' / 'synthetic_shapes.py')
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- tool runs
+def _tail(text: str | bytes | None, lines: int = 40) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors='replace')
+    return '\n'.join((text or '').splitlines()[-lines:])
+
+
+def run_tool(*args: str | os.PathLike, timeout: float = TOOL_TIMEOUT, env: dict | None = None,
+             returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run a command in the repository root with the repository on PYTHONPATH; it must exit with
+    ``returncode`` (success unless told; a negative code is a signal's number).
+
+    On failure or timeout the assertion message holds the tails of stdout and stderr.
+    """
+    command = [str(arg) for arg in args]
+    environ = dict(os.environ, **(env or {}))
+    environ['PYTHONPATH'] = os.pathsep.join(
+        [str(ROOT)] + ([environ['PYTHONPATH']] if environ.get('PYTHONPATH') else []))
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f'{" ".join(command)} ran past {timeout} s\n--- stdout\n{_tail(err.stdout)}'
+                    f'\n--- stderr\n{_tail(err.stderr)}')
+    assert done.returncode == returncode, (
+        f'{" ".join(command)} exited with {done.returncode}, not {returncode}\n'
+        f'--- stdout\n{_tail(done.stdout)}\n--- stderr\n{_tail(done.stderr)}')
+    return done
+
+
+def python_tool(script: str, *args: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
+    """:func:`run_tool` for ``script`` (a path in the repository) with this Python."""
+    return run_tool(sys.executable, ROOT / script, *args, **kwargs)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def remove_checkpoints(directory: Path) -> None:
+    """Delete the .pth files under ``directory`` (hundreds of MB each; pytest keeps tmp dirs)."""
+    for path in directory.rglob('*.pth'):
+        path.unlink()
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -12,8 +12,6 @@ import json
 import math
 import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,48 +19,16 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from helpers import (CONFIGS, ROOT, free_port, load_script, python_tool, remove_checkpoints,
+                     run_tool, synthetic_shapes, write_config)
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / 'configs'
-TIMEOUT = 420  # seconds for one tool run; a whole run here takes well under a minute
-SHAPES = ('square', 'circle', 'triangle')
+shapes = synthetic_shapes()
+shapes_demo = load_script(ROOT / 'tools/shapes_demo.py')  # its reader of mmengine's scalars
 
 
 # ----------------------------------------------------------------------------- helpers
-def _tail(text: str | bytes | None, lines: int = 40) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors='replace')
-    return '\n'.join((text or '').splitlines()[-lines:])
-
-
-def run_tool(*args: str | os.PathLike, timeout: float = TIMEOUT, env: dict | None = None,
-             returncode: int = 0) -> subprocess.CompletedProcess:
-    """Run a command in the repository root with the repository on PYTHONPATH; it must exit with
-    ``returncode`` (success unless told; a negative code is a signal's number).
-
-    On failure or timeout the assertion message holds the tails of stdout and stderr.
-    """
-    command = [str(arg) for arg in args]
-    environ = dict(os.environ, **(env or {}))
-    environ['PYTHONPATH'] = os.pathsep.join(
-        [str(ROOT)] + ([environ['PYTHONPATH']] if environ.get('PYTHONPATH') else []))
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f'{" ".join(command)} ran past {timeout} s\n--- stdout\n{_tail(err.stdout)}'
-                    f'\n--- stderr\n{_tail(err.stderr)}')
-    assert done.returncode == returncode, (
-        f'{" ".join(command)} exited with {done.returncode}, not {returncode}\n'
-        f'--- stdout\n{_tail(done.stdout)}\n--- stderr\n{_tail(done.stderr)}')
-    return done
-
-
-def python_tool(script: str, *args: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
-    return run_tool(sys.executable, ROOT / script, *args, **kwargs)
-
-
 def run_dirs(work_dir: Path) -> list[Path]:
     """The per-run (timestamp) directories mmengine made in ``work_dir``, oldest first."""
     return sorted(p for p in work_dir.iterdir() if p.is_dir() and re.fullmatch(r'\d{8}_\d{6}',
@@ -70,10 +36,10 @@ def run_dirs(work_dir: Path) -> list[Path]:
 
 
 def read_scalars(run_dir: Path) -> list[dict]:
-    """The records of ``run_dir/vis_data/scalars.json`` (one JSON object a line)."""
+    """The records of ``run_dir/vis_data/scalars.json``, read as tools/shapes_demo.py reads them."""
     path = run_dir / 'vis_data' / 'scalars.json'
     assert path.is_file(), f'no {path}; {run_dir} holds {sorted(os.listdir(run_dir))}'
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return shapes_demo.read_scalars(run_dir)
 
 
 def train_records(run_dir: Path) -> list[dict]:
@@ -101,23 +67,6 @@ def read_test_metrics(work_dir: Path) -> dict:
 def dumped_config(work_dir: Path, config: Path) -> Config:
     """The config the runner dumped to its work dir (after the tools' changes)."""
     return Config.fromfile(str(work_dir / config.name), import_custom_modules=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def remove_checkpoints(directory: Path) -> None:
-    """Delete the .pth files under ``directory`` (hundreds of MB each; pytest keeps tmp dirs)."""
-    for path in directory.rglob('*.pth'):
-        path.unlink()
 
 
 # ----------------------------------------------------------------------------- Mask R-CNN
@@ -170,13 +119,11 @@ MASK_RCNN_LOSSES = ('loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_b
 @pytest.fixture(scope='module')
 def mask_rcnn(tmp_path_factory):
     """Shapes data in COCO format, the tiny Mask R-CNN config, trained for 2 iterations."""
-    from vheat_mm.datasets import make_shapes_coco
-
     tmp = tmp_path_factory.mktemp('mask_rcnn')
-    data = make_shapes_coco(tmp / 'shapes', num_train=8, num_val=4, size=(64, 64))
+    data = shapes.make_shapes_coco(tmp / 'shapes', num_train=8, num_val=4, size=(64, 64))
     config = write_config(tmp / 'mask-rcnn_tiny_shapes.py', MASK_RCNN.format(
         base=CONFIGS / 'mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py', data=data,
-        classes=SHAPES))
+        classes=shapes.SHAPE_CLASSES))
     work_dir = tmp / 'train'
     python_tool('tools/train.py', config, '--work-dir', work_dir)
     (run,) = run_dirs(work_dir)
@@ -288,10 +235,8 @@ def upernet(tmp_path_factory):
     """Shapes data in the ADE20K layout, the tiny UperNet config, trained for 2 iterations."""
     from mmseg.datasets import ADE20KDataset
 
-    from vheat_mm.datasets import make_shapes_ade20k
-
     tmp = tmp_path_factory.mktemp('upernet')
-    data = make_shapes_ade20k(tmp / 'ade', num_train=4, num_val=2, size=(64, 64))
+    data = shapes.make_shapes_ade20k(tmp / 'ade', num_train=4, num_val=2, size=(64, 64))
     config = write_config(tmp / 'upernet_tiny_shapes.py', UPERNET.format(
         base=CONFIGS / 'upernet/upernet_vheat-t_8xb2-160k_ade20k-512x512.py', data=data,
         classes=ADE20KDataset.METAINFO['classes'][:4]))
@@ -363,12 +308,11 @@ default_hooks = dict(logger=dict(interval=1))
 @pytest.fixture(scope='module')
 def classifier(tmp_path_factory):
     """Shapes data in the ImageNet layout (4 + 2 images per class), the tiny classifier config."""
-    from vheat_mm.datasets import make_shapes_imagenet
-
     tmp = tmp_path_factory.mktemp('classifier')
-    data = make_shapes_imagenet(tmp / 'imagenet', num_train=4, num_val=2, size=(64, 64))
+    data = shapes.make_shapes_imagenet(tmp / 'imagenet', num_train=4, num_val=2, size=(64, 64))
     config = write_config(tmp / 'vheat-t_tiny_shapes.py', CLASSIFIER.format(
-        base=CONFIGS / 'classification/vheat-t_16xb128_in1k.py', data=data, classes=SHAPES))
+        base=CONFIGS / 'classification/vheat-t_16xb128_in1k.py', data=data,
+        classes=shapes.SHAPE_CLASSES))
     yield dict(config=config, tmp=tmp)
     remove_checkpoints(tmp)
 

@@ -10,7 +10,8 @@ import torch
 from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
-from conftest import MINI, load_script
+from conftest import MINI
+from helpers import load_script
 from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.models import VHeat
 from vheat_mm.models.heat import dct_2d, dct_basis, heat_conduction

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_script
+from helpers import ROOT, load_script, synthetic_shapes
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +58,11 @@ def test_shapes_demo_draws_through_mmdet_visualizer(tmp_path, monkeypatch):
     from mmdet.apis import init_detector
     from mmdet.visualization import DetLocalVisualizer
 
-    from vheat_mm.datasets import make_shapes_coco
     demo = load_script(ROOT / 'tools/shapes_demo.py')
-    data = make_shapes_coco(tmp_path / 'shapes', num_train=1, num_val=2, size=(64, 64))
+    shapes = synthetic_shapes()
+    data = shapes.make_shapes_coco(tmp_path / 'shapes', num_train=1, num_val=2, size=(64, 64))
     model = init_detector(str(demo.CONFIG), None, device='cpu')
-    meta = dict(classes=('square', 'circle', 'triangle'), palette=[(220, 20, 60)] * 3)
+    meta = dict(classes=shapes.SHAPE_CLASSES, palette=[(220, 20, 60)] * 3)
     torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=meta)),
                tmp_path / 'ckpt.pth')
     drawn = []

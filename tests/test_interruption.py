@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import write_crafted_checkpoint
-from test_e2e import CONFIGS, SHAPES, python_tool, remove_checkpoints, write_config
+from helpers import CONFIGS, python_tool, remove_checkpoints, synthetic_shapes, write_config
 from vheat_mm.checkpoint import CheckpointError, read_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -62,15 +62,14 @@ randomness = dict(seed=0, deterministic=True)
 @pytest.fixture(scope='module')
 def classifier(tmp_path_factory):
     """The data, a config writer (with kill hooks) and the uninterrupted run's last checkpoint."""
-    from vheat_mm.datasets import make_shapes_imagenet
-
+    shapes = synthetic_shapes()
     tmp = tmp_path_factory.mktemp('interruption')
-    data = make_shapes_imagenet(tmp / 'imagenet', num_train=4, num_val=1, size=(32, 32))
+    data = shapes.make_shapes_imagenet(tmp / 'imagenet', num_train=4, num_val=1, size=(32, 32))
 
     def config(name: str, kill_hooks: tuple[dict, ...] = ()) -> Path:
         return write_config(tmp / f'{name}.py', CLASSIFIER.format(
             base=CONFIGS / 'classification/vheat-t_16xb128_in1k.py', data=data,
-            classes=SHAPES, kill_hooks=list(kill_hooks)))
+            classes=shapes.SHAPE_CLASSES, kill_hooks=list(kill_hooks)))
 
     reference = tmp / 'uninterrupted'
     done = train(config('plain'), reference)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import CountingServer
+from helpers import CountingServer, synthetic_shapes
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,8 @@ def test_mim_search_lists_the_models_with_the_papers_figures(installed, tmp_path
 def test_mim_train_and_test_the_demo_detector_on_cpu(installed, tmp_path):
     """``mim train``/``mim test`` find the config by name in the installed package and run its
     tools/train.py and tools/test.py (on the CPU: ``--gpus 0``)."""
-    from vheat_mm.datasets import make_shapes_coco
-    make_shapes_coco(tmp_path / 'data/shapes', num_train=8, num_val=4, size=(128, 128))
+    synthetic_shapes().make_shapes_coco(tmp_path / 'data/shapes', num_train=8, num_val=4,
+                                        size=(128, 128))
     package = site_packages(installed) / 'vheat_mm' / '.mim'
 
     out = mim(installed, 'train', 'vheat_mm', DEMO_CONFIG, '--gpus', '0', '--work-dir', 'work',

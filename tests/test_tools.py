@@ -5,11 +5,9 @@ set-up with a one-process group, and the shell scripts with stand-ins for python
 """
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +16,11 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 
+import helpers
+from helpers import ROOT, load_script
 from vheat_mm.mm import tool_config
 from vheat_mm.mm.tool_config import ToolConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 
 UPERNET_MODEL = dict(
     type='EncoderDecoder',
@@ -46,9 +45,7 @@ def logged(monkeypatch):
 
 @pytest.fixture
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+    return helpers.free_port()
 
 
 # ----------------------------------------------------------------------------- toolbox, config
@@ -412,8 +409,7 @@ def test_train_tool_reports_a_config_without_a_toolbox(tmp_path):
 
 
 def test_check_install_checks_mmcv_ops(capsys):
-    from conftest import load_script
-    check = load_script(Path(__file__).parents[1] / 'tools/check_install.py')
+    check = load_script(ROOT / 'tools/check_install.py')
     assert check.check_mmcv_ops() is None  # on this machine: CPU ops, no GPU (or a working one)
     out = capsys.readouterr().out
     assert 'mmcv 2.1.0: compiled ops for the CPU' in out
@@ -422,9 +418,8 @@ def test_check_install_checks_mmcv_ops(capsys):
 
 
 def test_check_install_fails_loudly_for_a_gpu_without_mmcv_cuda_ops(monkeypatch, capsys):
-    from conftest import load_script
     import mmcv.ops
-    check = load_script(Path(__file__).parents[1] / 'tools/check_install.py')
+    check = load_script(ROOT / 'tools/check_install.py')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'NVIDIA H100')
     monkeypatch.setattr(mmcv.ops, 'get_compiling_cuda_version', lambda: 'not available')
@@ -436,8 +431,7 @@ def test_check_install_fails_loudly_for_a_gpu_without_mmcv_cuda_ops(monkeypatch,
 
 
 def test_visualize_heat_writes_its_three_pictures(tmp_path):
-    from conftest import load_script
-    tool = load_script(Path(__file__).parents[1] / 'tools/analysis_tools/visualize_heat.py')
+    tool = load_script(ROOT / 'tools/analysis_tools/visualize_heat.py')
     assert tool.main(['--arch', 'tiny', '--size', '64', '--images', '2', '--stage', '2',
                       '--no-swin', '--out-dir', str(tmp_path)]) == 0
     for name in ('erf.png', 'decay.png', 'point_source.png'):

@@ -33,17 +33,17 @@ def data_options(data_root: Path) -> list[str]:
     """--cfg-options pointing the demo config at ``data_root``."""
     root = f'{data_root}/'
     ann = f'{root}annotations/instances_val.json'
-    return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
             f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={ann}',
             f'test_evaluator.ann_file={ann}']
 
 
-def read_scalars(work_dir: Path) -> list[dict]:
-    """Every record mmengine logged to ``*/vis_data/scalars.json`` under ``work_dir``, in order."""
-    records = []
-    for path in sorted(work_dir.glob('*/vis_data/scalars.json')):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records
+def read_scalars(run_dir: Path) -> list[dict]:
+    """The records mmengine logged to ``run_dir/vis_data/scalars.json`` (one JSON object a line);
+    ``run_dir`` is one run's (timestamp) directory in the work directory."""
+    path = run_dir / 'vis_data' / 'scalars.json'
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_test_metrics(test_dir: Path) -> dict:
@@ -101,7 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     start = time.time()
 
-    from vheat_mm.datasets import make_shapes_coco
+    from synthetic_shapes import make_shapes_coco  # beside this file
     if not (args.data_root / 'annotations/instances_val.json').exists():
         make_shapes_coco(args.data_root, num_train=args.num_train, num_val=args.num_val,
                          size=IMAGE_SIZE)
@@ -116,7 +116,8 @@ def main() -> int:
     run([python, 'tools/test.py', str(CONFIG), str(checkpoint), '--work-dir', str(test_dir),
          '--cfg-options', *options])
 
-    losses = [r for r in read_scalars(args.work_dir) if 'loss' in r]
+    runs = sorted(path.parents[1] for path in args.work_dir.glob('*/vis_data/scalars.json'))
+    losses = [r for run_dir in runs for r in read_scalars(run_dir) if 'loss' in r]
     metrics = read_test_metrics(test_dir)
     picture = args.work_dir / 'predictions.png'
     save_predictions(checkpoint, args.data_root, picture)

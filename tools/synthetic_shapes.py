@@ -1,5 +1,8 @@
 """Small synthetic datasets in the layouts the toolboxes read, for the demo and the tests.
 
+A module beside the tools (it needs OpenCV, which the plain-PyTorch package does not):
+``tools/shapes_demo.py`` imports it from its own folder, and the tests load it by its path.
+
 "Shapes" images (after the well-known Mask R-CNN shapes example): squares, circles and
 triangles of random colours and sizes on textured backgrounds, non-overlapping, so each instance
 mask is the whole shape and its polygon is exact. Written as
