@@ -1,4 +1,5 @@
 """The plain-PyTorch model: official equivalence, shapes, deploy form, training contract."""
+import ast
 import re
 
 import pytest
@@ -13,7 +14,7 @@ def official_keys():
     for line in (DATA / 'official_state_dict_tiny.txt').read_text().splitlines():
         if line and not line.startswith('#'):
             name, shape = line.split(' ', 1)
-            keys[name] = tuple(eval(shape))
+            keys[name] = tuple(ast.literal_eval(shape))
     return keys
 
 
