@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from conftest import MINI
-from vheat_mm.models import VHeatFeatures
-from vheat_mm.models.vheat import CacheBudget, TensorCache
+from vheat_mm.models import CacheBudget, TensorCache, VHeatFeatures
 
 MiB = 2**20
 

@@ -23,9 +23,8 @@ import torch
 
 from conftest import MINI, MINI_POST
 from helpers import rel_error
-from vheat_mm.models import VHeat, VHeatFeatures
+from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
-from vheat_mm.models.vheat import HeatConductionOperator
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 

@@ -1,6 +1,17 @@
-"""The vHeat network in plain PyTorch (no OpenMMLab import)."""
-from .heat import dct_basis, heat_conduction, heat_decay_map, resize_freq_embed
-from .vheat import ARCH_SETTINGS, HeatConductionOperator, VHeat, VHeatFeatures, resolve_arch
+"""The vHeat network in plain PyTorch (no OpenMMLab import).
 
-__all__ = ['ARCH_SETTINGS', 'HeatConductionOperator', 'VHeat', 'VHeatFeatures', 'dct_basis',
-           'heat_conduction', 'heat_decay_map', 'resize_freq_embed', 'resolve_arch']
+- :mod:`.heat`: the heat conduction as plain functions (DCT bases, decay map, transforms);
+- :mod:`.layers`: generic channels-last layers and the in-place rule;
+- :mod:`.heat_operator`: the Heat Conduction Operator and the caches of what it derives;
+- :mod:`.vheat`: architectures, blocks, stages, :class:`VHeatTrunk`, :class:`VHeat`,
+  :class:`VHeatFeatures`.
+"""
+from .heat import dct_basis, heat_conduction, heat_decay_map, resize_freq_embed
+from .heat_operator import CacheBudget, HeatConductionOperator, HeatContext, TensorCache
+from .vheat import (ARCH_SETTINGS, Arch, VHeat, VHeatFeatures, VHeatTrunk, fit_freq_embeds,
+                    resolve_arch)
+
+__all__ = ['ARCH_SETTINGS', 'Arch', 'CacheBudget', 'HeatConductionOperator', 'HeatContext',
+           'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
+           'fit_freq_embeds', 'heat_conduction', 'heat_decay_map', 'resize_freq_embed',
+           'resolve_arch']

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..kernels import attenuate_with_grad, needs_grad
+from ..kernels import attenuate_with_grad
+from .layers import may_overwrite
 
 __all__ = [
     'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
@@ -118,15 +119,16 @@ def float32_under_autocast(fn: Callable[..., Tensor], *tensors: Tensor) -> Tenso
 def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
     """``spectrum * attenuation`` in the spectrum's dtype (B, H, W, C) * (H, W, C).
 
-    The spectrum is a fresh tensor (a transform's output), so without autograd it is scaled in
-    place: for a bfloat16 spectrum and a float32 attenuation the products are computed in
-    float32 and rounded once, to bfloat16. With autograd, elsewhere, the attenuation is cast to
-    the spectrum's dtype first. (Type promotion alone would give a float32 tensor of the spectrum's
-    size, twice the bytes, which the next transform casts straight back under autocast.) On
+    The spectrum is a fresh tensor (a transform's output), so where the in-place rule allows it
+    (:func:`~vheat_mm.models.layers.may_overwrite`) it is scaled in place: for a bfloat16
+    spectrum and a float32 attenuation the products are computed in float32 and rounded once,
+    to bfloat16. Otherwise (with autograd) the attenuation is cast to the spectrum's dtype
+    first. (Type promotion alone would give a float32 tensor of the spectrum's size, twice the
+    bytes, which the next transform casts straight back under autocast.) On
     CUDA in a half type, training runs :func:`vheat_mm.kernels.attenuate_with_grad`: the float32
     attenuation applied in float32, and both gradients from one kernel.
     """
-    if not needs_grad(spectrum, attenuation):
+    if may_overwrite(spectrum, attenuation):
         return spectrum.mul_(attenuation)
     if spectrum.dtype == attenuation.dtype:
         return spectrum * attenuation

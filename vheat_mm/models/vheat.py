@@ -1,31 +1,30 @@
 """vHeat: vision backbone built on heat conduction (arXiv 2405.16555), in plain PyTorch.
 
-The network runs channels-last (B, H, W, C) from the stem to the last stage: linear layers and
-layer norms act on the contiguous last dimension, and convolutions see the same memory as an
-NCHW tensor in ``torch.channels_last`` format, so no layer needs a permute copy. Module names and
-parameter shapes follow the official implementation, so its checkpoints load with strict=True.
-
-Public builders: :class:`VHeat` (classifier) and :class:`VHeatFeatures` (multi-scale backbone).
+The networks: the architecture table, the residual block (HCO and MLP branches), the stages,
+and :class:`VHeatTrunk` (stem, per-stage frequency embeddings, stages) with its two models,
+:class:`VHeat` (classifier) and :class:`VHeatFeatures` (multi-scale backbone). The layers are in
+:mod:`.layers`, the Heat Conduction Operator and its caches in :mod:`.heat_operator`. Module
+names and parameter shapes follow the official implementation, so its checkpoints load with
+strict=True.
 """
 from __future__ import annotations
 
+import inspect
 import logging
-import math
-from collections import OrderedDict
-from typing import Callable, Hashable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from ..kernels import depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu, \
-    needs_grad, residual_layer_norm
-from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_decay_map,
-                   resize_freq_embed)
+from .heat import resize_freq_embed
+from .heat_operator import (CacheBudget, HeatConductionOperator, HeatContext, TensorCache,
+                            build_heat_context)
+from .layers import (Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem,
+                     drop_path, may_overwrite)
 
-__all__ = ['ARCH_SETTINGS', 'resolve_arch', 'VHeat', 'VHeatFeatures', 'HeatConductionOperator',
-           'fit_freq_embeds']
+__all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
+           'VHeatTrunk', 'fit_freq_embeds', 'resolve_arch']
 
 logger = logging.getLogger(__name__)
 
@@ -81,385 +80,23 @@ def resolve_arch(arch: str | dict) -> Arch:
                 float(arch.get('mlp_ratio', 4.0)))
 
 
-def _nchw(x: Tensor) -> Tensor:
-    """NCHW view of a channels-last (B, H, W, C) tensor (memory format channels_last, no copy)."""
-    return x.permute(0, 3, 1, 2)
-
-
-def pointwise_as_conv(x: Tensor) -> bool:
-    """Whether :func:`pointwise` runs as a 1x1 convolution (else as ``F.linear``).
-
-    On CPU, oneDNN's 1x1 convolution of the channels-last NCHW view ran these products 1.3x
-    (batch 16 at 224) to 2x (batch 1) faster than ``F.linear`` (2 threads, float32). On CUDA,
-    cuBLAS's ``F.linear`` is the faster one in bfloat16 and float16 (docs/benchmark_gpu.md);
-    float32 keeps the convolution, which also matches the official MLP's 1x1 convolutions
-    (cuDNN's TF32 setting applies to it).
-    """
-    return x.device.type == 'cpu' or x.dtype == torch.float32
-
-
-def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """The linear map ``weight`` (C_out, C_in), or (C_out, C_in, 1, 1), on the channels of
-    channels-last x (B, H, W, C_in), giving (B, H, W, C_out).
-
-    A 1x1 convolution of the NCHW view (channels_last memory, so no copy in or out) or
-    ``F.linear`` on the contiguous last dimension, as :func:`pointwise_as_conv` says; the two
-    differ only by summation order.
-    """
-    if pointwise_as_conv(x):
-        if weight.dim() == 2:
-            weight = weight[:, :, None, None]
-        return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
-    return F.linear(x, weight.flatten(1), bias)
-
-
-class ChannelsLast(nn.Module):
-    """NCHW -> (B, H, W, C) as a view; free for tensors in ``torch.channels_last`` format."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.permute(0, 2, 3, 1)
-
-
-def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
-    """Stochastic depth: zero whole samples of a residual branch with probability drop_prob."""
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
-
-
-def _may_overwrite() -> bool:
-    """Whether fresh intermediate tensors may be updated in place: autograd is not recording.
-
-    Under ``no_grad`` / ``inference_mode`` the forward pass reuses each large intermediate for
-    the next elementwise step (GELU, SiLU, gating, residual sum) instead of allocating a new
-    tensor; the values are the same. With gradients enabled every step allocates, as autograd
-    may need the operands for the backward pass.
-    """
-    return not torch.is_grad_enabled()
-
-
-class Stem(nn.Sequential):
-    """Two stride-2 3x3 convolutions with LayerNorm (eps 1e-6) and GELU: (B, 3, H, W) -> (B, H/4, W/4, C).
-
-    Each norm sits at index 1 of a small sequential behind a free permute, as in the official
-    checkpoints (``patch_embed.norm1.1.weight``).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(OrderedDict(
-            conv1=nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
-            norm1=nn.Sequential(ChannelsLast(), LayerNorm(out_channels // 2, eps=1e-6)),
-            act=nn.GELU(),
-            conv2=nn.Conv2d(out_channels // 2, out_channels, 3, stride=2, padding=1),
-            norm2=nn.Sequential(ChannelsLast(), LayerNorm(out_channels, eps=1e-6)),
-        ))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.norm1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
-        return self.norm2(self.conv2(_nchw(x)))
-
-
-class Downsample(nn.Sequential):
-    """Stride-2 3x3 convolution without bias, then LayerNorm; channels-last in and out."""
-
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
-                         LayerNorm(out_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        conv, norm = self
-        return norm(conv(_nchw(x)).permute(0, 2, 3, 1))
-
-
-class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last dimension that keeps its input's dtype under autocast.
-
-    Statistics and arithmetic are float32 inside; on CUDA in bfloat16 or float16 it runs the
-    Triton kernel of :func:`vheat_mm.kernels.layer_norm`.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps)
-
-
-class GatedLayerNorm(LayerNorm):
-    """The HCO's output norm with its gate: ``LN(u) * SiLU(z)``, one kernel on CUDA.
-
-    When autograd is off (:func:`_may_overwrite`) the eager path computes SiLU in ``z``'s
-    storage: callers pass a ``z`` they no longer need.
-    """
-
-    def forward(self, u: Tensor, z: Tensor) -> Tensor:
-        return layer_norm_silu(u, z, self.weight, self.bias, self.eps, inplace=_may_overwrite())
-
-
-class DepthwiseConv3x3(nn.Conv2d):
-    """3x3 depthwise convolution with bias (padding 1) on channels-last (B, H, W, C) input.
-
-    The weight is that of ``nn.Conv2d(dim, dim, 3, padding=1, groups=dim)``, as in the official
-    checkpoints; :func:`vheat_mm.kernels.depthwise_conv3x3` runs it.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__(dim, dim, 3, padding=1, groups=dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return depthwise_conv3x3(x, self.weight, self.bias)
-
-
-class PointwiseLinear(nn.Module):
-    """A linear map of the channels of channels-last input (:func:`pointwise`), optionally
-    followed by the exact GELU (``activation='gelu'``, one kernel on CUDA in half types).
-
-    The weight keeps the convolution's (out, in, 1, 1) shape of the official checkpoints.
-    """
-
-    def __init__(self, in_features: int, out_features: int, activation: str | None = None):
-        super().__init__()
-        if activation not in (None, 'gelu'):
-            raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
-        self.activation = activation
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, 1, 1))
-        self.bias = nn.Parameter(torch.empty(out_features))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(in_features)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.activation == 'gelu':
-            return linear_gelu(x, self.weight, self.bias, pointwise, inplace=_may_overwrite())
-        return pointwise(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return (f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
-                + (f', activation={self.activation}' if self.activation else ''))
-
-
-class Mlp(nn.Module):
-    """fc1 with GELU (in place when autograd is off, see :func:`_may_overwrite`) -> fc2 on
-    channels-last input."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = PointwiseLinear(dim, hidden_dim, activation='gelu')
-        self.fc2 = PointwiseLinear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.fc1(x))
-
-
-class CacheBudget:
-    """A byte limit shared by the :class:`TensorCache` s of one model.
-
-    Before an entry is stored, the least recently used entries of any of the caches are dropped
-    until the new one fits; an entry larger than the whole limit is not stored. Evaluating a
-    detector at hundreds of distinct padded sizes then keeps the caches of the last few sizes
-    only, instead of every size seen.
-    """
-
-    def __init__(self, limit_bytes: int):
-        self.limit_bytes = int(limit_bytes)
-        self._order: OrderedDict[tuple[TensorCache, str], None] = OrderedDict()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held now by the entries of every cache under this budget."""
-        return sum(cache.entry_nbytes(name) for cache, name in self._order)
-
-    def used(self, cache: TensorCache, name: str) -> None:
-        self._order[(cache, name)] = None
-        self._order.move_to_end((cache, name))
-
-    def forget(self, cache: TensorCache, name: str) -> None:
-        self._order.pop((cache, name), None)
-
-    def make_room(self, nbytes: int) -> bool:
-        """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
-        if nbytes > self.limit_bytes:
-            return False
-        held = self.nbytes
-        while self._order and held + nbytes > self.limit_bytes:
-            cache, name = next(iter(self._order))
-            held -= cache.entry_nbytes(name)
-            cache.drop(name)
-        return True
-
-
-class TensorCache(nn.Module):
-    """Derived tensors kept as non-persistent buffers, keyed by name, within a byte budget.
-
-    Buffers follow ``module.to()`` and stay out of the state dict. An entry is rebuilt when its
-    device or dtype no longer matches the request, or when the request's ``tag`` (e.g. the
-    versions of the weights it was derived from) differs from the one it was built with. The
-    caches of one model share a :class:`CacheBudget` (set by the model; a cache on its own has
-    its own, of ``DEFAULT_LIMIT_BYTES``). Entries never require grad and are built outside
-    inference mode and with autocast off, so they can be used in any later mode and do not depend
-    on the autocast state of the call that built them.
-
-    While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
-    the cache is read-only: an entry of the right device and dtype is used as it is (its tag,
-    storage pointers and versions, cannot be traced, so pass ``tag=None`` there), and a missing
-    one is computed in the graph without being stored (registering a buffer while tracing would
-    change the module and force a recompilation on the next call).
-    """
-
-    DEFAULT_LIMIT_BYTES = 512 * 2**20
-
-    def __init__(self, budget: CacheBudget | None = None):
-        super().__init__()
-        self.budget = budget or CacheBudget(self.DEFAULT_LIMIT_BYTES)
-        self._tags: dict[str, Hashable] = {}
-
-    def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
-            dtype: torch.dtype, tag: Hashable = None) -> Tensor:
-        name = f'cache_{key}'
-        cached = self._buffers.get(name)
-        if torch.compiler.is_compiling():
-            if cached is not None and cached.device == device and cached.dtype == dtype:
-                return cached
-            with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                return build().to(device=device, dtype=dtype)
-        if cached is not None and cached.device == device and cached.dtype == dtype \
-                and self._tags.get(name) == tag:
-            self.budget.used(self, name)
-            return cached
-        self.drop(name)
-        with torch.inference_mode(False), torch.no_grad(), \
-                torch.autocast(device.type, enabled=False):
-            cached = build().to(device=device, dtype=dtype)
-        if self.budget.make_room(cached.numel() * cached.element_size()):
-            self.register_buffer(name, cached, persistent=False)
-            self._tags[name] = tag
-            self.budget.used(self, name)
-        return cached
-
-    def entry_nbytes(self, name: str) -> int:
-        buf = self._buffers.get(name)
-        return 0 if buf is None else buf.numel() * buf.element_size()
-
-    def drop(self, name: str) -> None:
-        self._buffers.pop(name, None)
-        self._tags.pop(name, None)
-        self.budget.forget(self, name)
-
-    def clear(self) -> None:
-        for name in list(self._buffers):
-            self.drop(name)
-
-    def extra_repr(self) -> str:
-        return f'entries={list(self._buffers)}'
-
-
-def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...]:
-    """Identifies the current values of ``tensors``: storage and in-place version of each.
-
-    Optimizer steps and ``load_state_dict`` modify parameters in place, which bumps the version,
-    so a cache tagged with this is rebuilt after them.
-    """
-    return tuple((t.data_ptr(), t._version) for t in tensors)
-
-
-def may_use_cache(deploy: bool, *weights: Tensor) -> bool:
-    """Whether tensors derived from ``weights`` may come from (and go into) a :class:`TensorCache`.
-
-    Yes in the deploy form (frozen weights), and whenever autograd will not need them (no
-    gradient enabled, or none of the weights requires one); no while ``torch.compile`` or
-    ``torch.export`` traces outside the deploy form, where the weights' versions that tag an
-    entry cannot be checked.
-    """
-    if torch.compiler.is_compiling():
-        return deploy
-    return deploy or not needs_grad(*weights)
-
-
-class HeatContext(NamedTuple):
-    """What every block of a stage shares at one feature size (H, W)."""
-    basis_h: Tensor      # (H, H) DCT-II basis
-    basis_w: Tensor      # (W, W) DCT-II basis
-    log_decay: Tensor    # (H, W) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
-    freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
-    freq_embed_tag: Hashable  # weights_tag of the stage's freq_embed parameter
-
-
-class HeatConductionOperator(nn.Module):
-    """HCO: dwconv -> Linear(C, 2C) -> [u, z]; u <- IDCT(DCT(u) * decay^k); Linear(LN(u) * SiLU(z)).
-
-    k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
-    The attenuation decay^k is recomputed on every forward only when gradients may flow to the
-    weights (training). Otherwise (evaluation under ``no_grad``, and the deploy form after
-    :meth:`switch_to_deploy`) it is computed once per feature size and kept until the weights
-    change.
-
-    Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (with k
-    from a bfloat16 linear, decay^k is up to 9% off at single high frequencies), the DCT and
-    IDCT matmuls in the autocast dtype, and the attenuation is applied to the spectrum in its
-    dtype (:func:`~vheat_mm.models.heat.attenuate`); set ``float32_transforms = True`` (on the
-    class or an instance) to run the whole heat conduction in float32 (see
-    :func:`heat_conduction`).
-    """
-
-    float32_transforms: bool = False
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dwconv = DepthwiseConv3x3(dim)
-        self.linear = nn.Linear(dim, 2 * dim)
-        self.out_norm = GatedLayerNorm(dim)
-        self.out_linear = nn.Linear(dim, dim)
-        self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
-        self.deploy = False
-        self.folded = TensorCache()
-
-    def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C); cached per feature size when :func:`may_use_cache`.
-
-        Otherwise (training, and compiled code outside the deploy form) it is computed anew.
-        """
-        linear = self.to_k[0]
-        if not may_use_cache(self.deploy, ctx.freq_embed, linear.weight, linear.bias):
-            return self._decay_pow_k(ctx)
-        h, w = ctx.log_decay.shape
-        tag = None if torch.compiler.is_compiling() else (
-            ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias))
-        return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
-                               device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
-                               tag=tag)
-
-    def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
-        """decay ** k = exp(k * log decay), in float32 under autocast."""
-        return float32_under_autocast(
-            lambda log_decay, embed: torch.exp(self.to_k(embed) * log_decay[:, :, None]),
-            ctx.log_decay, ctx.freq_embed)
-
-    def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
-        x = self.dwconv(x)
-        # Two products instead of chunking one: u and z come out contiguous, with no copy.
-        # (The weight is chunked: one autograd node for both halves.)
-        (weight_u, weight_z), (bias_u, bias_z) = (self.linear.weight.chunk(2),
-                                                  self.linear.bias.chunk(2))
-        u = pointwise(x, weight_u, bias_u)
-        z = pointwise(x, weight_z, bias_z)
-        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
-                            float32=self.float32_transforms)
-        gated = self.out_norm(u, z)
-        return pointwise(gated, self.out_linear.weight, self.out_linear.bias)
-
-
 class HeatBlock(nn.Module):
     """Residual block: x + gamma1 * HCO branch, then x + gamma2 * MLP branch.
 
-    Pre-norm branches compute f(norm(x)); post-norm branches compute norm(f(x)).
-    ``gamma1``/``gamma2`` (layer scale) exist only when ``layer_scale`` is set.
+    Pre-norm branches compute f(norm(x)); post-norm branches compute norm(f(x)), where the norm
+    (:class:`~vheat_mm.models.layers.ResidualLayerNorm`) also adds the branch to x in one step
+    unless drop_path is active. ``gamma1``/``gamma2`` (layer scale) exist only when
+    ``layer_scale`` is set. The layer scale and the residual sum are written into the branch's
+    output where the in-place rule allows (:func:`~vheat_mm.models.layers.may_overwrite`).
     """
 
     def __init__(self, dim: int, *, mlp_ratio: float, post_norm: bool,
                  layer_scale: float | None, drop_path: float):
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        norm = ResidualLayerNorm if post_norm else LayerNorm
+        self.norm1 = norm(dim)
         self.op = HeatConductionOperator(dim)
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.post_norm = post_norm
         self.drop_path = drop_path
@@ -470,18 +107,17 @@ class HeatBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
 
     def _residual(self, x: Tensor, branch, norm: LayerNorm, gamma: Tensor | None) -> Tensor:
-        if self.post_norm and not (self.training and self.drop_path > 0):
-            # x + gamma * LN(branch(x)) in one step (one kernel on CUDA)
-            return residual_layer_norm(x, branch(x), norm.weight, norm.bias, norm.eps, gamma,
-                                       inplace=_may_overwrite())
-        y = norm(branch(x)) if self.post_norm else branch(norm(x))
-        if _may_overwrite():
-            if gamma is not None:
-                y.mul_(gamma)
-            return drop_path(y, self.drop_path, self.training).add_(x)
+        if not self.post_norm:
+            y = branch(norm(x))
+        elif self.training and self.drop_path > 0:
+            y = norm(branch(x))
+        else:
+            return norm(branch(x), residual=x, gamma=gamma)
+        inplace = may_overwrite(y, x, gamma)
         if gamma is not None:
-            y = y * gamma
-        return x + drop_path(y, self.drop_path, self.training)
+            y = y.mul_(gamma) if inplace else y * gamma
+        y = drop_path(y, self.drop_path, self.training)
+        return y.add_(x) if inplace else x + y
 
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
         x = self._residual(x, lambda t: self.op(t, ctx), self.norm1, self.gamma1)
@@ -542,11 +178,34 @@ def _fit_loaded_freq_embeds(module: nn.Module, state_dict: dict, prefix: str, *_
         logger.info('vHeat: freq_embed of another resolution resized (bicubic): %s', line)
 
 
-class _VHeatTrunk(nn.Module):
-    """Stem, per-stage frequency embeddings and stages; shared by the classifier and backbone."""
+class VHeatTrunk(nn.Module):
+    """Stem, per-stage frequency embeddings and stages: the network :class:`VHeat` and
+    :class:`VHeatFeatures` share. :meth:`forward_stages` gives every stage's output.
 
-    def __init__(self, arch: str | dict, *, img_size: int, in_channels: int,
-                 drop_path_rate: float, with_cp: bool, check_finite: bool = False):
+    The one list of the network's keywords; the models take them through ``**kwargs`` (see
+    :func:`trunk_keywords`). A subclass adds its outputs (head, output norms) and then calls
+    :meth:`reset_parameters`.
+
+    Args:
+        arch: 'tiny' | 'small' | 'base' (or 't' | 's' | 'b'), or a dict with ``depths``,
+            ``dims`` and optionally ``post_norm``, ``layer_scale``, ``mlp_ratio``.
+        img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
+            any size down to the stride of the last stage (32x32 for four stages) are accepted:
+            freq_embed is resized bicubically to each stage's size.
+        in_channels: image channels.
+        drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
+        with_cp: gradient checkpointing per block.
+        check_finite: debugging aid: check the input and every stage's output for NaN and inf
+            and raise a ValueError naming the first place they appear and how many there are.
+            Costs a reduction per stage; off (the default) it costs nothing.
+    """
+
+    #: Keywords about how the network runs rather than what it is: listed after a subclass's
+    #: own keywords in its signature (:func:`trunk_keywords`).
+    RUN_KEYWORDS = ('with_cp', 'check_finite')
+
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
+                 drop_path_rate: float = 0.0, with_cp: bool = False, check_finite: bool = False):
         super().__init__()
         self.arch = resolve_arch(arch)
         self.total_stride = PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)  # of the last stage
@@ -618,12 +277,16 @@ class _VHeatTrunk(nn.Module):
         return self
 
     def reset_parameters(self) -> None:
-        """The official initialisation: linears and freq_embed trunc-normal (std .02), norms 1/0."""
+        """The official initialisation: linears and freq_embed trunc-normal (std .02), norms 1/0.
+
+        The MLP's 1x1 convolutions keep the initialisation of ``nn.Conv2d``, as in the official
+        code.
+        """
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):  # PointwiseLinear too
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):  # LayerNorm and GatedLayerNorm too
+            elif isinstance(m, nn.LayerNorm):  # and its subclasses in .layers
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for p in self.freq_embed:
@@ -650,28 +313,10 @@ class _VHeatTrunk(nn.Module):
                          f'{x.numel()} ({nan} NaN, {inf} inf); every value must be finite')
 
     def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
-        """Bases, decay map and freq_embed of ``stage`` at feature size (height, width).
-
-        The resized freq_embed is cached like the attenuation (see :func:`may_use_cache`). At
-        its own size freq_embed is used as it is (not cached: a buffer aliasing a parameter
-        would break ``torch.export``).
-        """
-        freq_embed = self.freq_embed[stage]
-        kw = dict(device=like.device, dtype=freq_embed.dtype)
-        tag = None if torch.compiler.is_compiling() else weights_tag(freq_embed)
-        if tuple(freq_embed.shape[:2]) == (height, width) \
-                or not may_use_cache(self.deploy, freq_embed):
-            resized = resize_freq_embed(freq_embed, (height, width))
-        else:
-            resized = self.heat_cache.get(
-                f'freq_embed{stage}_{height}x{width}',
-                lambda: resize_freq_embed(freq_embed, (height, width)), **kw, tag=tag)
-        return HeatContext(
-            self.heat_cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
-            self.heat_cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
-            self.heat_cache.get(f'log_decay{height}x{width}',
-                                lambda: heat_log_decay_map(height, width), **kw),
-            resized, tag)
+        """Bases, decay map and freq_embed of ``stage`` at feature size (height, width), on
+        ``like``'s device (:func:`~vheat_mm.models.heat_operator.build_heat_context`)."""
+        return build_heat_context(self.heat_cache, self.freq_embed[stage], f'freq_embed{stage}',
+                                  height, width, device=like.device, deploy=self.deploy)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Channels-last output of every stage, before its downsampling."""
@@ -712,30 +357,36 @@ class _VHeatTrunk(nn.Module):
         self.eval()
 
 
-class VHeat(_VHeatTrunk):
+def trunk_keywords(cls: type[VHeatTrunk]) -> type[VHeatTrunk]:
+    """Class decorator for a model whose ``__init__(self, arch, *, own..., **kwargs)`` passes
+    ``kwargs`` on to :class:`VHeatTrunk`: gives that ``__init__`` the whole signature (for
+    ``inspect``, ``help()`` and the toolboxes' keyword checks): arch, the trunk's keywords, the
+    model's own, then the trunk's :attr:`~VHeatTrunk.RUN_KEYWORDS`. An unknown keyword is the
+    TypeError of the trunk's constructor."""
+    init = cls.__init__
+    own = [p for p in inspect.signature(init).parameters.values() if p.kind != p.VAR_KEYWORD]
+    named = {p.name for p in own}
+    passed = [p for p in inspect.signature(VHeatTrunk.__init__).parameters.values()
+              if p.kind == p.KEYWORD_ONLY and p.name not in named]
+    run = [p for p in passed if p.name in VHeatTrunk.RUN_KEYWORDS]
+    init.__signature__ = inspect.Signature(
+        [*(p for p in own if p.kind != p.KEYWORD_ONLY), *(p for p in passed if p not in run),
+         *(p for p in own if p.kind == p.KEYWORD_ONLY), *run])
+    return cls
+
+
+@trunk_keywords
+class VHeat(VHeatTrunk):
     """vHeat image classifier; ``VHeat(arch='tiny')`` is vHeat-T of the paper.
 
     Args:
-        arch: 'tiny' | 'small' | 'base' (or 't' | 's' | 'b'), or a dict with ``depths``,
-            ``dims`` and optionally ``post_norm``, ``layer_scale``, ``mlp_ratio``.
-        img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
-            any size down to the stride of the last stage (32x32 for four stages) are accepted:
-            freq_embed is resized bicubically to each stage's size.
-        in_channels: image channels.
         num_classes: classifier outputs.
-        drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
-        with_cp: gradient checkpointing per block.
-        check_finite: debugging aid: check the input and every stage's output for NaN and inf
-            and raise a ValueError naming the first place they appear and how many there are.
-            Costs a reduction per stage; off (the default) it costs nothing.
+        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, in_channels,
+            drop_path_rate, with_cp, check_finite).
     """
 
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
-                 num_classes: int = 1000, drop_path_rate: float = 0.0, with_cp: bool = False,
-                 check_finite: bool = False):
-        super().__init__(arch, img_size=img_size, in_channels=in_channels,
-                         drop_path_rate=drop_path_rate, with_cp=with_cp,
-                         check_finite=check_finite)
+    def __init__(self, arch: str | dict = 'tiny', *, num_classes: int = 1000, **kwargs):
+        super().__init__(arch, **kwargs)
         self.num_classes = num_classes
         width = self.arch.dims[-1]
         self.classifier = nn.Sequential(
@@ -746,34 +397,25 @@ class VHeat(_VHeatTrunk):
         return self.classifier(self.forward_stages(x)[-1])
 
 
-class GlobalAvgPool(nn.Module):
-    """Mean over H and W of a channels-last (B, H, W, C) tensor."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.mean(dim=(1, 2))
-
-
-class VHeatFeatures(_VHeatTrunk):
+@trunk_keywords
+class VHeatFeatures(VHeatTrunk):
     """vHeat multi-scale backbone: a tuple of NCHW features, one per index in ``out_indices``.
 
     Each returned stage output (before its downsampling) passes through a LayerNorm named
     ``outnorm{i}``, as in the official detection and segmentation backbones.
 
     Args:
-        arch, img_size, in_channels, drop_path_rate, with_cp, check_finite: as for
-            :class:`VHeat`.
         out_indices: stages whose outputs are returned.
         frozen_stages: -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
             0..i-1 (their blocks, downsampling, freq_embed and output norms). Frozen parts stay
             in eval mode after ``train()``.
+        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, in_channels,
+            drop_path_rate, with_cp, check_finite).
     """
 
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
-                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False):
-        super().__init__(arch, img_size=img_size, in_channels=in_channels,
-                         drop_path_rate=drop_path_rate, with_cp=with_cp,
-                         check_finite=check_finite)
+    def __init__(self, arch: str | dict = 'tiny', *, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, **kwargs):
+        super().__init__(arch, **kwargs)
         given = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
         n = self.num_stages
         out_indices = tuple(i + n if i < 0 else i for i in given)

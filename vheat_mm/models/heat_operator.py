@@ -1,0 +1,237 @@
+"""The Heat Conduction Operator (HCO) as a module, with the caches of the tensors it derives.
+
+The HCO spreads a stage's features u (B, H, W, C) as heat on an H x W plate for time t = 1:
+``IDCT2D(DCT2D(u) * decay ** k)`` with decay[n, m] = exp(-((n pi / H)^2 + (m pi / W)^2)) and
+the conductivity k = ReLU(Linear(FVE)) learned from the stage's frequency value embedding
+(``freq_embed``). The math is in :mod:`.heat`; this module adds the layers around it and
+keeps what it derives (bases, decay maps, resized embeddings, decay ** k) in :class:`TensorCache`
+s while the weights do not change.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Hashable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels import needs_grad
+from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_decay_map,
+                   resize_freq_embed)
+from .layers import DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear
+
+__all__ = ['CacheBudget', 'HeatConductionOperator', 'HeatContext', 'TensorCache',
+           'build_heat_context', 'may_use_cache', 'weights_tag']
+
+
+class CacheBudget:
+    """A byte limit shared by the :class:`TensorCache` s of one model.
+
+    Before an entry is stored, the least recently used entries of any of the caches are dropped
+    until the new one fits; an entry larger than the whole limit is not stored. Evaluating a
+    detector at hundreds of distinct padded sizes then keeps the caches of the last few sizes
+    only, instead of every size seen.
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = int(limit_bytes)
+        self._order: OrderedDict[tuple[TensorCache, str], None] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now by the entries of every cache under this budget."""
+        return sum(cache.entry_nbytes(name) for cache, name in self._order)
+
+    def used(self, cache: TensorCache, name: str) -> None:
+        self._order[(cache, name)] = None
+        self._order.move_to_end((cache, name))
+
+    def forget(self, cache: TensorCache, name: str) -> None:
+        self._order.pop((cache, name), None)
+
+    def make_room(self, nbytes: int) -> bool:
+        """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
+        if nbytes > self.limit_bytes:
+            return False
+        held = self.nbytes
+        while self._order and held + nbytes > self.limit_bytes:
+            cache, name = next(iter(self._order))
+            held -= cache.entry_nbytes(name)
+            cache.drop(name)
+        return True
+
+
+class TensorCache(nn.Module):
+    """Derived tensors kept as non-persistent buffers, keyed by name, within a byte budget.
+
+    Buffers follow ``module.to()`` and stay out of the state dict. An entry is rebuilt when its
+    device or dtype no longer matches the request, or when the request's ``tag`` (e.g. the
+    versions of the weights it was derived from) differs from the one it was built with. The
+    caches of one model share a :class:`CacheBudget` (set by the model; a cache on its own has
+    its own, of ``DEFAULT_LIMIT_BYTES``). Entries never require grad and are built outside
+    inference mode and with autocast off, so they can be used in any later mode and do not depend
+    on the autocast state of the call that built them.
+
+    While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
+    the cache is read-only: an entry of the right device and dtype is used as it is (its tag,
+    storage pointers and versions, cannot be traced, so pass ``tag=None`` there), and a missing
+    one is computed in the graph without being stored (registering a buffer while tracing would
+    change the module and force a recompilation on the next call).
+    """
+
+    DEFAULT_LIMIT_BYTES = 512 * 2**20
+
+    def __init__(self, budget: CacheBudget | None = None):
+        super().__init__()
+        self.budget = budget or CacheBudget(self.DEFAULT_LIMIT_BYTES)
+        self._tags: dict[str, Hashable] = {}
+
+    def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
+            dtype: torch.dtype, tag: Hashable = None) -> Tensor:
+        name = f'cache_{key}'
+        cached = self._buffers.get(name)
+        if torch.compiler.is_compiling():
+            if cached is not None and cached.device == device and cached.dtype == dtype:
+                return cached
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                return build().to(device=device, dtype=dtype)
+        if cached is not None and cached.device == device and cached.dtype == dtype \
+                and self._tags.get(name) == tag:
+            self.budget.used(self, name)
+            return cached
+        self.drop(name)
+        with torch.inference_mode(False), torch.no_grad(), \
+                torch.autocast(device.type, enabled=False):
+            cached = build().to(device=device, dtype=dtype)
+        if self.budget.make_room(cached.numel() * cached.element_size()):
+            self.register_buffer(name, cached, persistent=False)
+            self._tags[name] = tag
+            self.budget.used(self, name)
+        return cached
+
+    def entry_nbytes(self, name: str) -> int:
+        buf = self._buffers.get(name)
+        return 0 if buf is None else buf.numel() * buf.element_size()
+
+    def drop(self, name: str) -> None:
+        self._buffers.pop(name, None)
+        self._tags.pop(name, None)
+        self.budget.forget(self, name)
+
+    def clear(self) -> None:
+        for name in list(self._buffers):
+            self.drop(name)
+
+    def extra_repr(self) -> str:
+        return f'entries={list(self._buffers)}'
+
+
+def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...]:
+    """Identifies the current values of ``tensors``: storage and in-place version of each.
+
+    Optimizer steps and ``load_state_dict`` modify parameters in place, which bumps the version,
+    so a cache tagged with this is rebuilt after them.
+    """
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def may_use_cache(deploy: bool, *weights: Tensor) -> bool:
+    """Whether tensors derived from ``weights`` may come from (and go into) a :class:`TensorCache`.
+
+    Yes in the deploy form (frozen weights), and whenever autograd will not need them (no
+    gradient enabled, or none of the weights requires one); no while ``torch.compile`` or
+    ``torch.export`` traces outside the deploy form, where the weights' versions that tag an
+    entry cannot be checked.
+    """
+    if torch.compiler.is_compiling():
+        return deploy
+    return deploy or not needs_grad(*weights)
+
+
+class HeatContext(NamedTuple):
+    """What every block of a stage shares at one feature size (H, W)."""
+    basis_h: Tensor      # (H, H) DCT-II basis
+    basis_w: Tensor      # (W, W) DCT-II basis
+    log_decay: Tensor    # (H, W) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
+    freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
+    freq_embed_tag: Hashable  # weights_tag of the stage's freq_embed parameter
+
+
+def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height: int,
+                       width: int, *, device: torch.device, deploy: bool) -> HeatContext:
+    """Bases, decay map and ``freq_embed`` (H', W', C) at feature size (height, width).
+
+    The bases and the decay map are cached in ``cache`` per size; ``freq_embed`` resized to
+    another size is cached under ``key`` (a name of the parameter, e.g. its stage) when
+    :func:`may_use_cache`. At its own size it is used as it is (not cached: a buffer aliasing a
+    parameter would break ``torch.export``).
+    """
+    kw = dict(device=device, dtype=freq_embed.dtype)
+    tag = None if torch.compiler.is_compiling() else weights_tag(freq_embed)
+    if tuple(freq_embed.shape[:2]) == (height, width) or not may_use_cache(deploy, freq_embed):
+        resized = resize_freq_embed(freq_embed, (height, width))
+    else:
+        resized = cache.get(f'{key}_{height}x{width}',
+                            lambda: resize_freq_embed(freq_embed, (height, width)), **kw, tag=tag)
+    return HeatContext(
+        cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
+        cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
+        cache.get(f'log_decay{height}x{width}', lambda: heat_log_decay_map(height, width), **kw),
+        resized, tag)
+
+
+class HeatConductionOperator(nn.Module):
+    """HCO: dwconv -> linear to [u, z]; u <- IDCT(DCT(u) * decay^k); out_linear(LN(u) * SiLU(z)).
+
+    k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
+    The attenuation decay^k is recomputed on every forward only when gradients may flow to the
+    weights (training). Otherwise (evaluation under ``no_grad``, and the deploy form after
+    ``switch_to_deploy``) it is computed once per feature size and kept until the weights
+    change.
+
+    Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (with k
+    from a bfloat16 linear, decay^k is up to 9% off at single high frequencies), the DCT and
+    IDCT matmuls in the autocast dtype, and the attenuation is applied to the spectrum in its
+    dtype (:func:`~vheat_mm.models.heat.attenuate`); set ``float32_transforms = True`` (on the
+    class or an instance) to run the whole heat conduction in float32 (see
+    :func:`~vheat_mm.models.heat.heat_conduction`).
+    """
+
+    float32_transforms: bool = False
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = DepthwiseConv3x3(dim)
+        self.linear = SplitPointwiseLinear(dim, 2 * dim, chunks=2)  # -> u, z
+        self.out_norm = GatedLayerNorm(dim)
+        self.out_linear = PointwiseLinear(dim, dim)
+        self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.deploy = False
+        self.folded = TensorCache()
+
+    def attenuation(self, ctx: HeatContext) -> Tensor:
+        """decay ** k, shape (H, W, C); cached per feature size when :func:`may_use_cache`.
+
+        Otherwise (training, and compiled code outside the deploy form) it is computed anew.
+        """
+        linear = self.to_k[0]
+        if not may_use_cache(self.deploy, ctx.freq_embed, linear.weight, linear.bias):
+            return self._decay_pow_k(ctx)
+        h, w = ctx.log_decay.shape
+        tag = None if torch.compiler.is_compiling() else (
+            ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias))
+        return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
+                               device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
+                               tag=tag)
+
+    def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
+        """decay ** k = exp(k * log decay), in float32 under autocast."""
+        return float32_under_autocast(
+            lambda log_decay, embed: torch.exp(self.to_k(embed) * log_decay[:, :, None]),
+            ctx.log_decay, ctx.freq_embed)
+
+    def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
+        u, z = self.linear(self.dwconv(x))
+        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
+                            float32=self.float32_transforms)
+        return self.out_linear(self.out_norm(u, z))

@@ -1,0 +1,265 @@
+"""Generic layers of vHeat on channels-last activations, and the rule for updating in place.
+
+The network runs channels-last (B, H, W, C) from the stem to the last stage: linear layers and
+layer norms act on the contiguous last dimension, and convolutions see the same memory as an
+NCHW tensor in ``torch.channels_last`` format, so no layer needs a permute copy. Each module's
+``forward`` is what runs (forward hooks on it fire); the fused kernels of
+:mod:`vheat_mm.kernels` run inside the forward of the module whose parameters they use.
+
+In-place rule. A step may write its result into the storage of a tensor it reads (``y.add_(x)``
+for ``x + y``, GELU or SiLU in place) only when
+
+1. autograd records nothing for the step (:func:`~vheat_mm.kernels.needs_grad` is False for
+   every tensor it reads), so no tensor saved for a backward pass changes; and
+2. the tensor written to is fresh: the step before made it for this step alone (its own
+   storage, not a view of an input, a parameter or a cached buffer).
+
+Every branch returns a fresh tensor: the norms, pointwise linears, depthwise convolution and
+MLP here, and the HCO (:mod:`.heat_operator`); ``ChannelsLast``, a free view, is no branch. So
+the step after a branch may write into the branch's output: GELU into fc1's product, SiLU into
+the gate z, the layer scale and the residual sum into a block's branch output, the attenuation
+into the spectrum. :func:`may_overwrite` decides at every such site. It also checks that the
+target shares no storage with the other tensors the step reads, so a branch that returns its
+input (an ``nn.Identity`` put in its place, say) takes the out-of-place path instead of
+overwriting the residual stream. A forward hook that keeps a branch's output under ``no_grad``
+must clone it: the next step may overwrite it. (Filling a tensor that the same function has just
+allocated, as drop_path's mask, is no update of another step's result.) tests/test_inplace.py
+checks the rule.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..kernels import (depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu, needs_grad,
+                       residual_layer_norm)
+
+__all__ = ['ChannelsLast', 'DepthwiseConv3x3', 'Downsample', 'GatedLayerNorm', 'GlobalAvgPool',
+           'LayerNorm', 'Mlp', 'PointwiseConv', 'PointwiseLinear', 'ResidualLayerNorm',
+           'SplitPointwiseLinear', 'Stem', 'drop_path', 'may_overwrite', 'pointwise',
+           'pointwise_as_conv']
+
+
+def may_overwrite(target: Tensor | None, *reads: Tensor | None) -> bool:
+    """The in-place rule (module docstring): whether a step that reads ``reads`` may write its
+    result into ``target``, a fresh tensor (None: one the step makes itself).
+
+    False while autograd records the step, or when ``target`` shares storage with one of
+    ``reads``. While ``torch.compile`` traces, storages cannot be compared and only autograd is
+    checked; the compiler then plans the buffers itself.
+    """
+    if needs_grad(target, *reads):
+        return False
+    if target is None or torch.compiler.is_compiling():
+        return True
+    storage = target.untyped_storage().data_ptr()
+    return all(t is None or t.untyped_storage().data_ptr() != storage for t in reads)
+
+
+def _nchw(x: Tensor) -> Tensor:
+    """NCHW view of a channels-last (B, H, W, C) tensor (memory format channels_last, no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def pointwise_as_conv(x: Tensor) -> bool:
+    """Whether :func:`pointwise` runs as a 1x1 convolution (else as ``F.linear``).
+
+    On CPU, oneDNN's 1x1 convolution of the channels-last NCHW view ran these products 1.3x
+    (batch 16 at 224) to 2x (batch 1) faster than ``F.linear`` (2 threads, float32). On CUDA,
+    cuBLAS's ``F.linear`` is the faster one in bfloat16 and float16 (docs/benchmark_gpu.md);
+    float32 keeps the convolution, which also matches the official MLP's 1x1 convolutions
+    (cuDNN's TF32 setting applies to it).
+    """
+    return x.device.type == 'cpu' or x.dtype == torch.float32
+
+
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The linear map ``weight`` (C_out, C_in), or (C_out, C_in, 1, 1), on the channels of
+    channels-last x (B, H, W, C_in), giving (B, H, W, C_out).
+
+    A 1x1 convolution of the NCHW view (channels_last memory, so no copy in or out) or
+    ``F.linear`` on the contiguous last dimension, as :func:`pointwise_as_conv` says; the two
+    differ only by summation order.
+    """
+    if pointwise_as_conv(x):
+        if weight.dim() == 2:
+            weight = weight[:, :, None, None]
+        return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
+    return F.linear(x, weight.flatten(1), bias)
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
+    """Stochastic depth: zero whole samples of a residual branch with probability drop_prob."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class ChannelsLast(nn.Module):
+    """NCHW -> (B, H, W, C) as a view; free for tensors in ``torch.channels_last`` format."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over H and W of a channels-last (B, H, W, C) tensor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(1, 2))
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension that keeps its input's dtype under autocast.
+
+    Statistics and arithmetic are float32 inside; on CUDA in bfloat16 or float16 it runs the
+    Triton kernel of :func:`vheat_mm.kernels.layer_norm`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class GatedLayerNorm(LayerNorm):
+    """The HCO's output norm with its gate: ``LN(u) * SiLU(z)``, one kernel on CUDA.
+
+    SiLU is computed in ``z``'s storage where :func:`may_overwrite` allows it.
+    """
+
+    def forward(self, u: Tensor, z: Tensor) -> Tensor:
+        return layer_norm_silu(u, z, self.weight, self.bias, self.eps,
+                               inplace=may_overwrite(z, u, self.weight, self.bias))
+
+
+class ResidualLayerNorm(LayerNorm):
+    """The norm of a post-norm branch, which may also add it to the residual stream.
+
+    ``norm(y)`` is ``LN(y)``; ``norm(y, residual=x, gamma=g)`` is ``x + g * LN(y)`` in one step
+    (one kernel on CUDA; ``gamma`` None means 1), written into ``y``'s storage where
+    :func:`may_overwrite` allows it.
+    """
+
+    def forward(self, y: Tensor, residual: Tensor | None = None,
+                gamma: Tensor | None = None) -> Tensor:
+        if residual is None:
+            return super().forward(y)
+        return residual_layer_norm(
+            residual, y, self.weight, self.bias, self.eps, gamma,
+            inplace=may_overwrite(y, residual, gamma, self.weight, self.bias))
+
+
+class DepthwiseConv3x3(nn.Conv2d):
+    """3x3 depthwise convolution with bias (padding 1) on channels-last (B, H, W, C) input.
+
+    The weight is that of ``nn.Conv2d(dim, dim, 3, padding=1, groups=dim)``, as in the official
+    checkpoints; :func:`vheat_mm.kernels.depthwise_conv3x3` runs it.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return depthwise_conv3x3(x, self.weight, self.bias)
+
+
+class PointwiseLinear(nn.Linear):
+    """``nn.Linear`` (weight (C_out, C_in)) on the channels of channels-last input, run by
+    :func:`pointwise` (a 1x1 convolution or ``F.linear``, whichever is faster there)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pointwise(x, self.weight, self.bias)
+
+
+class SplitPointwiseLinear(PointwiseLinear):
+    """A :class:`PointwiseLinear` whose output comes as ``chunks`` tensors of equal width.
+
+    The values of ``linear(x).chunk(chunks, dim=-1)``, computed as one product per chunk of the
+    weight, so that each chunk comes out contiguous (no copy).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, chunks: int):
+        if chunks < 1 or out_features % chunks:
+            raise ValueError(f'chunks must be a positive divisor of out_features '
+                             f'({out_features}), got {chunks}')
+        super().__init__(in_features, out_features)
+        self.chunks = chunks
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(pointwise(x, weight, bias) for weight, bias
+                     in zip(self.weight.chunk(self.chunks), self.bias.chunk(self.chunks)))
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, chunks={self.chunks}'
+
+
+class PointwiseConv(nn.Conv2d):
+    """1x1 ``nn.Conv2d`` (weight (C_out, C_in, 1, 1), as the official MLP's) on the channels of
+    channels-last input, run by :func:`pointwise`, optionally followed by the exact GELU
+    (``activation='gelu'``: one kernel on CUDA in half types, else GELU in the product's storage
+    where :func:`may_overwrite` allows it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, activation: str | None = None):
+        if activation not in (None, 'gelu'):
+            raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+        super().__init__(in_channels, out_channels, 1)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation == 'gelu':
+            return linear_gelu(x, self.weight, self.bias, pointwise,
+                               inplace=may_overwrite(None, x, self.weight, self.bias))
+        return pointwise(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}'
+                + (f', activation={self.activation}' if self.activation else ''))
+
+
+class Mlp(nn.Module):
+    """fc1 with GELU -> fc2 on channels-last input."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = PointwiseConv(dim, hidden_dim, activation='gelu')
+        self.fc2 = PointwiseConv(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.fc1(x))
+
+
+class Stem(nn.Sequential):
+    """Two stride-2 3x3 convolutions with LayerNorm (eps 1e-6) and GELU: (B, 3, H, W) -> (B, H/4, W/4, C).
+
+    Each norm sits at index 1 of a small sequential behind a free permute, as in the official
+    checkpoints (``patch_embed.norm1.1.weight``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(OrderedDict(
+            conv1=nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
+            norm1=nn.Sequential(ChannelsLast(), LayerNorm(out_channels // 2, eps=1e-6)),
+            act=nn.GELU(),
+            conv2=nn.Conv2d(out_channels // 2, out_channels, 3, stride=2, padding=1),
+            norm2=nn.Sequential(ChannelsLast(), LayerNorm(out_channels, eps=1e-6)),
+        ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.norm1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
+        return self.norm2(self.conv2(_nchw(x)))
+
+
+class Downsample(nn.Sequential):
+    """Stride-2 3x3 convolution without bias, then LayerNorm; channels-last in and out."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
+                         LayerNorm(out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, norm = self
+        return norm(conv(_nchw(x)).permute(0, 2, 3, 1))
