@@ -26,17 +26,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VHeatTimm(VHeat):
-    """:class:`~vheat_mm.models.VHeat` with timm's model interface (module docstring)."""
+    """:class:`~vheat_mm.models.VHeat` with timm's model interface (module docstring).
 
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_chans: int = 3,
-                 num_classes: int = 1000, global_pool: str = 'avg',
-                 drop_path_rate: float = 0.0, with_cp: bool = False):
+    timm's keywords ``in_chans`` (for ``in_channels``), ``num_classes`` (0: no classifier) and
+    ``global_pool`` (only ``'avg'``); the others are those of :class:`~vheat_mm.models.VHeat`.
+    """
+
+    def __init__(self, arch: str | dict = 'tiny', *, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = 'avg', **kwargs):
         if global_pool != 'avg':
             raise ValueError(f"vHeat pools by averaging: global_pool must be 'avg', got "
                              f'{global_pool!r}')
-        super().__init__(arch, img_size=img_size, in_channels=in_chans,
-                         num_classes=max(num_classes, 1), drop_path_rate=drop_path_rate,
-                         with_cp=with_cp)
+        super().__init__(arch, in_channels=in_chans, num_classes=max(num_classes, 1), **kwargs)
         self.num_features = self.head_hidden_size = self.arch.dims[-1]
         self.feature_info = [dict(num_chs=dim, reduction=4 * 2**i, module=f'layers.{i}')
                              for i, dim in enumerate(self.arch.dims)]

@@ -26,15 +26,27 @@ SWIN_LEFTOVERS = frozenset({
     'use_abs_pos_embed', 'act_cfg', 'norm_cfg', 'with_cp', 'convert_weights'})
 
 
-def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset()
+def _keywords(fn: Callable, passes_on_to: Callable | None = None) -> list[str]:
+    """The keywords ``fn`` takes: its positional parameters, then those of ``passes_on_to``
+    (which its ``**kwargs`` go to) that it does not name, then its keyword-only ones."""
+    params = [p for name, p in inspect.signature(fn).parameters.items() if name != 'self']
+    positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+    keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY]
+    passed = [] if passes_on_to is None else [
+        name for name in _keywords(passes_on_to) if name not in (*positional, *keyword_only)]
+    return [*positional, *passed, *keyword_only]
+
+
+def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset(), *,
+                            passes_on_to: Callable | None = None
                             ) -> Callable[[Callable], Callable]:
     """Decorator: an unknown keyword raises a TypeError naming it, the closest allowed keyword
     and every allowed one (Python's own error names none of the allowed keywords). Keywords in
-    ``tolerated`` pass on to ``fn`` (which takes them through ``**kwargs``)."""
+    ``tolerated`` pass on to ``fn`` (which takes them through ``**kwargs``), and so do those of
+    ``passes_on_to`` (the constructor ``fn`` hands its ``**kwargs`` to)."""
 
     def decorate(fn: Callable) -> Callable:
-        allowed = [name for name, p in inspect.signature(fn).parameters.items()
-                   if name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        allowed = _keywords(fn, passes_on_to)
 
         @functools.wraps(fn)
         def checked(*args, **kwargs):
@@ -63,17 +75,14 @@ class VHeatBackbone(VHeatFeatures):
     state dict when the runner calls :meth:`init_weights`; freq_embed is resized to ``img_size``
     and every key not loaded is logged. Other init types go to mmengine's ``initialize``.
     ``check_finite=True`` (a debugging aid) raises on the first NaN or inf in the input or a
-    stage's output. An unknown keyword is a TypeError listing the allowed ones.
+    stage's output. The other keywords are those of :class:`~vheat_mm.models.VHeatFeatures`;
+    an unknown keyword is a TypeError listing the allowed ones.
     """
 
-    @reject_unknown_keywords('vHeat')
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
-                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False,
-                 init_cfg: dict | list[dict] | None = None):
-        super().__init__(arch, img_size=img_size, in_channels=in_channels,
-                         drop_path_rate=drop_path_rate, out_indices=out_indices,
-                         frozen_stages=frozen_stages, with_cp=with_cp, check_finite=check_finite)
+    @reject_unknown_keywords('vHeat', passes_on_to=VHeatFeatures)
+    def __init__(self, arch: str | dict = 'tiny', *,
+                 init_cfg: dict | list[dict] | None = None, **kwargs):
+        super().__init__(arch, **kwargs)
         self.init_cfg = copy.deepcopy(init_cfg)
         self.is_init = False
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-import torch
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import Handle, get_shape
 from torch import Tensor, nn
 
-from ..models import VHeat, VHeatFeatures
+from ..models import VHeatTrunk
 
 __all__ = ['matmul_flop_jit', 'FLOP_HANDLES', 'flop_analyzer', 'switch_to_deploy']
 
@@ -57,7 +56,7 @@ def flop_analyzer(model: nn.Module, inputs: Tensor | tuple[Any, ...]) -> FlopAna
 
 def switch_to_deploy(model: nn.Module) -> int:
     """Switch every vHeat network inside ``model`` to its deployed form; returns how many."""
-    trunks = [m for m in model.modules() if isinstance(m, (VHeat, VHeatFeatures))]
+    trunks = [m for m in model.modules() if isinstance(m, VHeatTrunk)]
     for trunk in trunks:
         trunk.switch_to_deploy()
     return len(trunks)
