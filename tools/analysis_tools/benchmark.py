@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import functools
 import gc
 import importlib.util
 import json
@@ -63,6 +62,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,8 +75,6 @@ PARTS = ('classifier', 'backbone')
 MODES = ('deploy', 'eval', 'train')
 MODELS = ('vheat_mm', 'official', 'swin')
 PRECISIONS = {'f32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-ARCH_NAMES = {'tiny': 'tiny', 'small': 'small', 'base': 'base', 't': 'tiny', 's': 'small',
-              'b': 'base'}
 BACKBONE_IMG_SIZE = 512  # img_size of the detection and segmentation configs
 SWIN_HEADS = {96: (3, 6, 12, 24), 128: (4, 8, 16, 32)}
 TIMM_SWIN = {'tiny': 'swin_tiny_patch4_window7_224', 'small': 'swin_small_patch4_window7_224',
@@ -116,8 +114,8 @@ class Case:
                 f'PART is one of {PARTS} and MODE one of {MODES}, got {text!r}')
         compiled, models = False, None
         for option in fields[4:]:
-            if option.lower() in ARCH_NAMES:
-                arch = ARCH_NAMES[option.lower()]
+            if (name := arch_name(option)) is not None:
+                arch = name
             elif option in PRECISIONS:
                 precision = option
             elif option == 'compile':
@@ -130,7 +128,7 @@ class Case:
             else:
                 raise argparse.ArgumentTypeError(
                     f'unknown case option {option!r} in {text!r}; options are an arch '
-                    f'({sorted(set(ARCH_NAMES.values()))}), a precision ({sorted(PRECISIONS)}), '
+                    f'({arch_names()}), a precision ({sorted(PRECISIONS)}), '
                     f"'compile' and 'models=NAME,NAME'")
         return cls(part, mode, height, width, batch, arch, precision, compiled, models)
 
@@ -175,6 +173,24 @@ def _arch(arch: str):
     return resolve_arch(arch)
 
 
+# vheat_mm is imported only once the official code is (see main), hence these functions.
+def arch_names() -> list[str]:
+    """The vHeat archs by name (vheat_mm's ARCH_SETTINGS)."""
+    from vheat_mm.models import ARCH_SETTINGS
+    return sorted(ARCH_SETTINGS)
+
+
+def arch_name(text: str) -> str | None:
+    """The ARCH_SETTINGS name of the arch that vheat_mm's ``resolve_arch`` takes ``text`` for
+    (a name or its initial), or None where it is none."""
+    from vheat_mm.models import ARCH_SETTINGS, resolve_arch
+    try:
+        arch = resolve_arch(text)
+    except ValueError:
+        return None
+    return next(name for name in ARCH_SETTINGS if resolve_arch(name) == arch)
+
+
 def _square_size(case: Case) -> int:
     """The classifier's img_size: the input size when square (the official deploy form needs
     it), else 224."""
@@ -208,36 +224,36 @@ def _official_kwargs(arch: str) -> dict:
                 layer_scale=a.layer_scale, mlp_ratio=a.mlp_ratio, drop_path_rate=0.0)
 
 
-@functools.lru_cache(maxsize=None)
-def _load_file(name: str, path: Path):
-    """Import a file of the official checkout as module ``name`` (once)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _official_package(name: str, folder: Path) -> None:
+    """Make ``name`` a package whose modules are the files of ``folder`` (unless it is one)."""
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder)]
+        sys.modules[name] = package
 
 
 def official_classification_module(checkout: Path):
-    return _load_file('official_vheat_cls', checkout / 'classification/models/vHeat.py')
+    """The official classification/models/vHeat.py, imported as ``vHeat.vHeat``.
+
+    That is the name detection/model.py imports it by: the official repository expects its user
+    to link classification/models to ``vHeat``; here the package ``vHeat`` is that folder.
+    """
+    _official_package('vHeat', checkout / 'classification/models')
+    return importlib.import_module('vHeat.vHeat')
 
 
 def official_detection_module(checkout: Path):
-    """The official detection/model.py (it registers MMDET_VHEAT into mmdet on import).
-
-    It imports ``vHeat.vHeat``, which the official repository expects its user to link to
-    classification/models; the classification module is given that name here instead.
-    """
-    package = type(sys)('vHeat')
-    package.vHeat = official_classification_module(checkout)
-    sys.modules.setdefault('vHeat', package)
-    sys.modules.setdefault('vHeat.vHeat', package.vHeat)
-    return _load_file('official_vheat_det', checkout / 'detection/model.py')
+    """The official detection/model.py (it registers MMDET_VHEAT into mmdet on import)."""
+    official_classification_module(checkout)
+    _official_package('official_vheat_detection', checkout / 'detection')
+    return importlib.import_module('official_vheat_detection.model')
 
 
 def build_official(checkout: Path, case: Case) -> nn.Module:
     if case.part == 'classifier':
-        model = official_classification_module(checkout).vHeat(img_size=_square_size(case), infer_mode=case.mode == 'deploy',
-                             **_official_kwargs(case.arch))
+        model = official_classification_module(checkout).vHeat(
+            img_size=_square_size(case), infer_mode=case.mode == 'deploy',
+            **_official_kwargs(case.arch))
         _set_mode(model, case)
         if case.mode == 'deploy':
             with torch.no_grad():
@@ -529,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split('\n\n', 1)[1])
-    parser.add_argument('--arch', default='tiny', choices=sorted(ARCH_NAMES),
-                        help='vHeat arch of cases that name none')
+    parser.add_argument('--arch', default='tiny',
+                        help="vHeat arch of cases that name none: a name of vheat_mm's "
+                             'ARCH_SETTINGS or its initial')
     parser.add_argument('--cases', nargs='+', required=True, metavar='PART:MODE:SIZE:BATCH')
     parser.add_argument('--models', nargs='+', choices=MODELS, default=None,
                         help='default: vheat_mm, swin, and official when --official is given')
@@ -551,25 +568,29 @@ def main(argv: list[str] | None = None) -> int:
                         help='about how long one model runs in one round')
     parser.add_argument('--out-dir', type=Path, default=Path('work_dirs/benchmark'))
     args = parser.parse_args(argv)
-    precision = 'f32' if args.amp == 'none' else args.amp
-    try:
-        cases = [Case.parse(text, arch=ARCH_NAMES[args.arch], precision=precision)
-                 for text in args.cases]
-    except argparse.ArgumentTypeError as error:
-        parser.error(str(error))
-
     models = args.models or (['vheat_mm', 'official', 'swin'] if args.official
                              else ['vheat_mm', 'swin'])
     if 'official' in models:
-        if args.official is None or not (args.official / 'classification/models/vHeat.py').is_file():
+        if (args.official is None
+                or not (args.official / 'classification/models/vHeat.py').is_file()):
             parser.error('--official must be a checkout of github MzeroMiko/vHeat '
                          '(with classification/models/vHeat.py)')
         if args.official_deps:
             sys.path.insert(0, str(args.official_deps))
         # the official detection module registers MMDET_VHEAT into mmdet; import it before
         # vheat_mm so that neither registration is refused (vheat_mm then leaves it in place)
-        if any(c.part == 'backbone' for c in cases) and importlib.util.find_spec('mmdet'):
+        if (any(text.split(':', 1)[0] == 'backbone' for text in args.cases)
+                and importlib.util.find_spec('mmdet')):
             official_detection_module(args.official)
+    default_arch = arch_name(args.arch)
+    if default_arch is None:
+        parser.error(f'--arch takes one of {arch_names()} or its initial, got {args.arch!r}')
+    precision = 'f32' if args.amp == 'none' else args.amp
+    try:
+        cases = [Case.parse(text, arch=default_arch, precision=precision)
+                 for text in args.cases]
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
