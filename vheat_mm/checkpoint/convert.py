@@ -7,8 +7,7 @@ from typing import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import resize_freq_embed
-from ..models.vheat import fit_freq_embeds
+from ..models import fit_freq_embeds, resize_freq_embed
 from .errors import CheckpointError
 from .layout import LAYOUTS, find_freq_embeds
 
@@ -21,7 +20,7 @@ _SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is resized to the model's size
-    (:func:`~vheat_mm.models.vheat.fit_freq_embeds`, for the vHeat trunk at ``model``'s root).
+    (:func:`~vheat_mm.models.fit_freq_embeds`, for the vHeat trunk at ``model``'s root).
 
     Pure: the input is left untouched. Other keys pass through unchanged.
     """
@@ -38,8 +37,8 @@ def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
     The official head is LayerNorm -> average pool -> Linear (``classifier.0`` / ``.3``); the
     mmpretrain config has the LayerNorm as the backbone's ``outnorm3`` (``out_indices=(3,)``),
     ``GlobalAveragePooling`` as neck and ``LinearClsHead`` (``head.fc``). Every other key goes
-    under ``backbone.`` (the official layout's ``to_mmpretrain`` in :data:`LAYOUTS`). Pure; the
-    tensors are shared, not copied.
+    under ``backbone.`` (the official layout's ``to_mmpretrain`` in
+    :data:`~vheat_mm.checkpoint.layout.LAYOUTS`). Pure; the tensors are shared, not copied.
     """
     keys = set(state_dict)
     if not {'classifier.3.weight', 'freq_embed.0'} <= keys:
@@ -80,7 +79,7 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
 
     Stage i's freq_embed is (s, s, C) with s = size / 4 / 2^i. ``mode='pad'`` zero-pads it at
     the bottom and right, as the official ``interpolate4downstream.py`` does; ``mode='bicubic'``
-    resizes it with :func:`~vheat_mm.models.heat.resize_freq_embed`. The freq_embeds are those
+    resizes it with :func:`~vheat_mm.models.resize_freq_embed`. The freq_embeds are those
     :func:`~vheat_mm.checkpoint.layout.find_freq_embeds` finds; every other entry and key is
     kept as it is (the same objects); the input is left untouched.
     """
