@@ -25,18 +25,13 @@ def parse_args() -> argparse.Namespace:
                                       'mmseg: directory for the predicted maps')
     parser.add_argument('--show-dir', help='directory for painted predictions')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    tool_config.add_launch_arguments(parser)
-    args = parser.parse_args()
-    tool_config.export_local_rank(args)
-    return args
+    return tool_config.parse_tool_args(parser)
 
 
 def main() -> None:
     args = parse_args()
     try:
-        cfg, toolbox = tool_config.load_config(
-            args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
-            launcher=args.launcher)
+        cfg, toolbox = tool_config.load_tool_config(args)
         if args.show_dir:
             tool_config.enable_visualization(cfg, toolbox=toolbox, show_dir=args.show_dir)
         if args.tta:

@@ -28,20 +28,16 @@ def parse_args() -> argparse.Namespace:
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
-    tool_config.add_launch_arguments(parser)
-    args = parser.parse_args()
+    args = tool_config.parse_tool_args(parser)
     if args.amp and not torch.cuda.is_available():
         parser.error('--amp needs CUDA (mmengine\'s AmpOptimWrapper does not run on CPU)')
-    tool_config.export_local_rank(args)
     return args
 
 
 def main() -> None:
     args = parse_args()
     try:
-        cfg, toolbox = tool_config.load_config(
-            args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
-            launcher=args.launcher)
+        cfg, toolbox = tool_config.load_tool_config(args)
         if args.amp:
             tool_config.enable_amp(cfg)
         if args.auto_scale_lr:

@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 __all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES', 'LAUNCHERS',
-           'add_launch_arguments', 'export_local_rank', 'load_config', 'select_toolbox',
+           'add_launch_arguments', 'export_local_rank', 'parse_tool_args', 'load_config',
+           'load_tool_config', 'select_toolbox',
            'enable_amp', 'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
            'use_atomic_checkpoints',
@@ -136,6 +137,15 @@ def export_local_rank(args: argparse.Namespace) -> None:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
 
 
+def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse a tool's command line: ``parser``'s own arguments and :func:`add_launch_arguments`'s;
+    then :func:`export_local_rank`."""
+    add_launch_arguments(parser)
+    args = parser.parse_args()
+    export_local_rank(args)
+    return args
+
+
 # ----------------------------------------------------------------------------- config
 def select_toolbox(cfg: Config) -> str:
     """The toolbox named by the config's ``default_scope``; an error names the choices."""
@@ -164,6 +174,13 @@ def load_config(path: str, *, work_dir: str | None, cfg_options: dict | None,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg, select_toolbox(cfg)
+
+
+def load_tool_config(args: argparse.Namespace) -> tuple[Config, str]:
+    """:func:`load_config` for a command line of :func:`parse_tool_args` (``config``,
+    ``--work-dir``, ``--cfg-options``, ``--launcher``)."""
+    return load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+                       launcher=args.launcher)
 
 
 def enable_amp(cfg: Config) -> None:
