@@ -8,7 +8,7 @@ checkpoint and then ``last_checkpoint`` are each written by
 :func:`~vheat_mm.checkpoint.replaced_atomically` (temporary file, fsync, rename) and the oldest
 checkpoint is deleted only after both: ``last_checkpoint`` always names a complete checkpoint,
 which ``--resume`` picks. The tools use it in place of ``CheckpointHook``
-(:func:`vheat_mm.mm.runner.use_atomic_checkpoints`).
+(:func:`vheat_mm.mm.tool_config.use_atomic_checkpoints`).
 """
 from __future__ import annotations
 

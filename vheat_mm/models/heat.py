@@ -16,8 +16,8 @@ in float32) and the spectrum stays in that dtype when the float32 attenuation is
 ``float32=True`` the whole conduction runs in float32 (:func:`float32_under_autocast`): on a
 bfloat16 input its relative error drops from 5e-3..7.5e-3 to 2.3e-3 (the rounding of its input
 and output), but the network's error, dominated by its bfloat16 linears and convolutions, does
-not change measurably, and on CPU the forward pass is about 10% slower; so it is not the default
-(figures in tests/test_precision.py).
+not change measurably, and the float32 transforms cost time; so it is not the default (the
+error figures are in tests/test_precision.py).
 """
 from __future__ import annotations
 

@@ -67,11 +67,10 @@ def _nchw(x: Tensor) -> Tensor:
 def pointwise_as_conv(x: Tensor) -> bool:
     """Whether :func:`pointwise` runs as a 1x1 convolution (else as ``F.linear``).
 
-    On CPU, oneDNN's 1x1 convolution of the channels-last NCHW view ran these products 1.3x
-    (batch 16 at 224) to 2x (batch 1) faster than ``F.linear`` (2 threads, float32). On CUDA,
-    cuBLAS's ``F.linear`` is the faster one in bfloat16 and float16 (docs/benchmark_gpu.md);
-    float32 keeps the convolution, which also matches the official MLP's 1x1 convolutions
-    (cuDNN's TF32 setting applies to it).
+    On CPU, oneDNN's 1x1 convolution of the channels-last NCHW view is the faster of the two;
+    on CUDA, cuBLAS's ``F.linear`` is in bfloat16 and float16 (measured figures:
+    docs/speed.md). CUDA float32 keeps the convolution, which also matches the official MLP's
+    1x1 convolutions (cuDNN's TF32 setting applies to it).
     """
     return x.device.type == 'cpu' or x.dtype == torch.float32
 
