@@ -15,12 +15,14 @@ from types import ModuleType
 import pytest
 import torch
 
-__all__ = ['ROOT', 'CONFIGS', 'TOOL_TIMEOUT', 'CountingServer', 'free_port', 'load_script',
-           'python_tool', 'rel_error', 'remove_checkpoints', 'run_tool', 'synthetic_shapes',
-           'write_config']
+__all__ = ['ROOT', 'CONFIGS', 'DATA', 'DAMAGED_FILES', 'MINI', 'MINI_POST', 'TOOL_TIMEOUT',
+           'CountingServer', 'free_port', 'load_script', 'mini_arch', 'python_tool', 'rel_error',
+           'remove_checkpoints', 'run_tool', 'synthetic_shapes', 'write_config',
+           'write_crafted_checkpoint', 'write_damaged_checkpoint']
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'configs'
+DATA = ROOT / 'tests' / 'data'
 TOOL_TIMEOUT = 420  # seconds for one tool run on tiny data; a whole run takes well under a minute
 
 
@@ -126,3 +128,63 @@ class CountingServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def mini_arch(config: dict) -> dict:
+    """The arch dict of an official constructor config."""
+    return {k: config[k] for k in ('depths', 'dims', 'post_norm', 'layer_scale')}
+
+
+MINI = dict(depths=(1, 1, 2, 1), dims=8, post_norm=False, layer_scale=None)
+MINI_POST = dict(depths=(1, 1, 2, 1), dims=8, post_norm=True, layer_scale=1e-5)
+
+
+class FileCreatingPayload:
+    """Pickles as ``open(path, 'w')``: loading it without weights_only creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def write_crafted_checkpoint(path: Path, checkpoint: dict) -> Path:
+    """Save ``checkpoint`` plus a pickled payload to ``path``; return the file the payload would
+    create (next to ``path``) if the checkpoint were ever loaded without weights_only."""
+    marker = path.with_name(f'{path.stem}_payload_ran')
+    torch.save(dict(checkpoint, extra=FileCreatingPayload(marker)), path)
+    assert not marker.exists()
+    return marker
+
+
+# Files torch.load cannot read, and what read_checkpoint says about each (after the path).
+DAMAGED_FILES = {
+    'truncated': 'the zip archive is truncated (an interrupted download or copy?); expected a '
+                 'complete file written by torch.save',
+    'random_bytes': 'it is neither a zip archive (what torch.save writes) nor a readable legacy '
+                    'torch file',
+    'zip_not_torch': 'a zip archive without data.pkl, not written by torch.save (it holds '
+                     'notes.txt, weights.bin)',
+    'empty': 'the file is empty; expected a complete file written by torch.save',
+}
+
+
+def write_damaged_checkpoint(path: Path, kind: str, checkpoint: dict) -> None:
+    """Write a file of one of the :data:`DAMAGED_FILES` kinds to ``path``: ``checkpoint`` saved
+    and cut short, random bytes, a zip archive that torch.save did not write, or nothing."""
+    import zipfile
+    if kind == 'truncated':
+        torch.save(checkpoint, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == 'random_bytes':
+        generator = torch.Generator().manual_seed(0)
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=generator).tolist()))
+    elif kind == 'zip_not_torch':
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('notes.txt', 'not a checkpoint')
+            archive.writestr('weights.bin', bytes(64))
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    else:
+        raise ValueError(f'unknown kind {kind!r}; choose one of {sorted(DAMAGED_FILES)}')

@@ -7,7 +7,7 @@ after 20 COCO-sized inputs, kept through training).
 import pytest
 import torch
 
-from conftest import MINI
+from helpers import MINI
 from vheat_mm.models import CacheBudget, TensorCache, VHeatFeatures
 
 MiB = 2**20

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from conftest import DAMAGED_FILES, MINI, write_crafted_checkpoint, write_damaged_checkpoint
+from helpers import (DAMAGED_FILES, MINI, CountingServer, write_crafted_checkpoint,
+                     write_damaged_checkpoint)
 from vheat_mm.checkpoint import (CheckpointError, RefusedCall, checkpoint_filter_fn,
                                  load_pretrained, official_to_mmpretrain, read_checkpoint)
 from vheat_mm.models import VHeat, VHeatFeatures, resize_freq_embed
@@ -185,7 +186,6 @@ def test_refused_call_is_named(tmp_path, payload, asked):
 @pytest.fixture
 def http_server(tmp_path):
     """A local HTTP server for files in ``tmp_path/served``; yields its base URL."""
-    from helpers import CountingServer
     served = tmp_path / 'served'
     served.mkdir()
     with CountingServer(served) as server:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
-from conftest import MINI, MINI_POST
+from helpers import MINI, MINI_POST
 from vheat_mm.models import VHeat, VHeatFeatures
 
 

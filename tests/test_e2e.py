@@ -19,8 +19,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import (CONFIGS, ROOT, free_port, load_script, python_tool, remove_checkpoints,
-                     run_tool, synthetic_shapes, write_config)
+from helpers import (CONFIGS, DAMAGED_FILES, ROOT, free_port, load_script, python_tool,
+                     remove_checkpoints, run_tool, synthetic_shapes, write_config,
+                     write_damaged_checkpoint)
 
 pytestmark = pytest.mark.e2e
 
@@ -152,7 +153,6 @@ def test_mmdet_own_test_py_refuses_a_damaged_checkpoint_in_one_line(mask_rcnn, k
     """mmdet's own tools/test.py with a vheat config (custom_imports imports vheat_mm): the
     checkpoint is read by vheat_mm's safe reader and refused in one line naming the file."""
     import mmdet
-    from conftest import DAMAGED_FILES, write_damaged_checkpoint
     path = tmp_path / f'{kind}.pth'
     write_damaged_checkpoint(path, kind, {'state_dict': {'weight': torch.randn(4096)}})
     done = run_tool(sys.executable, Path(mmdet.__file__).parent / '.mim/tools/test.py',

@@ -2,7 +2,6 @@
 import re
 import subprocess
 import sys
-from math import prod
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
-from conftest import MINI
-from helpers import load_script
+from helpers import MINI, load_script
 from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.models import VHeat
 from vheat_mm.models.heat import dct_2d, dct_basis, heat_conduction

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import MINI, MINI_POST
+from helpers import MINI, MINI_POST
 from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.layers import (DepthwiseConv3x3, GatedLayerNorm, LayerNorm, Mlp,
                                     PointwiseConv, PointwiseLinear, may_overwrite)

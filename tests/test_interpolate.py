@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (DAMAGED_FILES, MINI, load_script, write_crafted_checkpoint,
+from helpers import (DAMAGED_FILES, MINI, load_script, write_crafted_checkpoint,
                       write_damaged_checkpoint)
 from vheat_mm import load_pretrained
 from vheat_mm.checkpoint import convert_freq_embeds, write_checkpoint

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_crafted_checkpoint
-from helpers import CONFIGS, python_tool, remove_checkpoints, synthetic_shapes, write_config
+from helpers import (CONFIGS, python_tool, remove_checkpoints, synthetic_shapes, write_config,
+                     write_crafted_checkpoint)
 from vheat_mm.checkpoint import CheckpointError, read_checkpoint
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MINI, MINI_POST
-from helpers import rel_error
+from helpers import MINI, MINI_POST, rel_error
 from vheat_mm.kernels import (dispatch, kernel_switches, layer_norm, layer_norm_silu,
                               linear_gelu, residual_layer_norm, triton_runs)
 from vheat_mm.kernels import attenuate, dwconv, fused_linear, norm

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.runner import load_checkpoint
 
-from conftest import MINI_POST
+from helpers import MINI_POST
 from vheat_mm.checkpoint import load_pretrained
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat, VHeatFeatures

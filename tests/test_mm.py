@@ -12,7 +12,7 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 import vheat_mm
-from conftest import (DAMAGED_FILES, DATA, MINI, load_script, mini_arch, write_crafted_checkpoint,
+from helpers import (DAMAGED_FILES, DATA, MINI, load_script, mini_arch, write_crafted_checkpoint,
                       write_damaged_checkpoint)
 from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.backbone import VHeatBackbone

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import MINI, MINI_POST
+from helpers import MINI, MINI_POST
 from vheat_mm.models import VHeat, VHeatFeatures
 
 TOL = dict(rtol=1e-4, atol=5e-5)

@@ -21,8 +21,7 @@ What runs in float32 under autocast, and why (measured):
 import pytest
 import torch
 
-from conftest import MINI, MINI_POST
-from helpers import rel_error
+from helpers import MINI, MINI_POST, rel_error
 from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 

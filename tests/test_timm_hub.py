@@ -11,7 +11,7 @@ import torch
 timm = pytest.importorskip('timm')
 
 import vheat_mm  # noqa: E402  (registers the timm models)
-from conftest import mini_arch  # noqa: E402
+from helpers import load_script, mini_arch  # noqa: E402
 from vheat_mm.checkpoint import PRETRAINED_URLS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,6 @@ def test_torch_hub_entry_points():
     model = torch.hub.load(str(ROOT), 'vheat_tiny', source='local', pretrained=False,
                            num_classes=5, img_size=64)
     assert isinstance(model, vheat_mm.VHeat) and model.num_classes == 5
-    from conftest import load_script
     hubconf = load_script(ROOT / 'hubconf.py')
     assert hubconf.dependencies == ['torch']
     assert all(callable(getattr(hubconf, name)) for name in NAMES)

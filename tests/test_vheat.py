@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import DATA, MINI, MINI_POST, mini_arch
+from helpers import DATA, MINI, MINI_POST, mini_arch
 from vheat_mm.models import ARCH_SETTINGS, VHeat, VHeatFeatures
 
 
