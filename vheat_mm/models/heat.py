@@ -130,8 +130,6 @@ def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
     """
     if may_overwrite(spectrum, attenuation):
         return spectrum.mul_(attenuation)
-    if spectrum.dtype == attenuation.dtype:
-        return spectrum * attenuation
     return attenuate_with_grad(spectrum, attenuation)
 
 

@@ -49,6 +49,11 @@ class CacheBudget:
     def forget(self, cache: TensorCache, name: str) -> None:
         self._order.pop((cache, name), None)
 
+    def clear(self) -> None:
+        """Drop every entry of every cache under this budget."""
+        for cache, name in list(self._order):
+            cache.drop(name)
+
     def make_room(self, nbytes: int) -> bool:
         """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
         if nbytes > self.limit_bytes:
@@ -74,7 +79,7 @@ class TensorCache(nn.Module):
 
     While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
     the cache is read-only: an entry of the right device and dtype is used as it is (its tag,
-    storage pointers and versions, cannot be traced, so pass ``tag=None`` there), and a missing
+    storage pointers and versions, cannot be traced and is not read), and a missing
     one is computed in the graph without being stored (registering a buffer while tracing would
     change the module and force a recompilation on the next call).
     """
@@ -126,12 +131,16 @@ class TensorCache(nn.Module):
         return f'entries={list(self._buffers)}'
 
 
-def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...]:
+def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...] | None:
     """Identifies the current values of ``tensors``: storage and in-place version of each.
 
     Optimizer steps and ``load_state_dict`` modify parameters in place, which bumps the version,
-    so a cache tagged with this is rebuilt after them.
+    so a cache tagged with this is rebuilt after them. None while ``torch.compile`` or
+    ``torch.export`` traces: storages and versions cannot be traced, and :class:`TensorCache`
+    reads no tag then.
     """
+    if torch.compiler.is_compiling():
+        return None
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
@@ -167,7 +176,7 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
     parameter would break ``torch.export``).
     """
     kw = dict(device=device, dtype=freq_embed.dtype)
-    tag = None if torch.compiler.is_compiling() else weights_tag(freq_embed)
+    tag = weights_tag(freq_embed)
     if tuple(freq_embed.shape[:2]) == (height, width) or not may_use_cache(deploy, freq_embed):
         resized = resize_freq_embed(freq_embed, (height, width))
     else:
@@ -218,11 +227,9 @@ class HeatConductionOperator(nn.Module):
         if not may_use_cache(self.deploy, ctx.freq_embed, linear.weight, linear.bias):
             return self._decay_pow_k(ctx)
         h, w = ctx.log_decay.shape
-        tag = None if torch.compiler.is_compiling() else (
-            ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias))
         return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
                                device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
-                               tag=tag)
+                               tag=(ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias)))
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
         """decay ** k = exp(k * log decay), in float32 under autocast."""

@@ -235,8 +235,9 @@ class VHeatTrunk(nn.Module):
         self.register_load_state_dict_pre_hook(_fit_loaded_freq_embeds)
         self.cache_budget = CacheBudget(TensorCache.DEFAULT_LIMIT_BYTES)
         self.heat_cache = TensorCache(self.cache_budget)
-        for block in self.blocks():
-            block.op.folded.budget = self.cache_budget
+        for cache in self.modules():
+            if isinstance(cache, TensorCache):
+                cache.budget = self.cache_budget
         self.deploy = False
         self.with_cp = with_cp
         # Convolution weights in the memory format of their inputs: no conversion per call.
@@ -264,9 +265,7 @@ class VHeatTrunk(nn.Module):
 
     def clear_caches(self) -> None:
         """Drop every cached derived tensor (they are rebuilt when next needed)."""
-        self.heat_cache.clear()
-        for block in self.blocks():
-            block.op.folded.clear()
+        self.cache_budget.clear()
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``; entering training also frees the caches of derived tensors,
