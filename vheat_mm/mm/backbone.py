@@ -28,12 +28,15 @@ SWIN_LEFTOVERS = frozenset({
 
 def _keywords(fn: Callable, passes_on_to: Callable | None = None) -> list[str]:
     """The keywords ``fn`` takes: its positional parameters, then those of ``passes_on_to``
-    (which its ``**kwargs`` go to) that it does not name, then its keyword-only ones."""
+    (which its ``**kwargs`` go to; a model's signature already lists the trunk's keywords, see
+    :func:`~vheat_mm.models.vheat.trunk_keywords`) that it does not name, then its keyword-only
+    ones."""
     params = [p for name, p in inspect.signature(fn).parameters.items() if name != 'self']
     positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
     keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY]
     passed = [] if passes_on_to is None else [
-        name for name in _keywords(passes_on_to) if name not in (*positional, *keyword_only)]
+        name for name in inspect.signature(passes_on_to).parameters
+        if name not in (*positional, *keyword_only)]
     return [*positional, *passed, *keyword_only]
 
 
