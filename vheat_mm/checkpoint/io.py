@@ -26,11 +26,11 @@ _ALLOWED = "allowed are tensors, containers, numbers, strings and mmengine's che
 
 class RefusedCall(CheckpointError):
     """Raised while unpickling by an allowlisted global that was called with arguments it does
-    not allow; ``call`` names the call, ``allowed`` what the global allows."""
+    not allow; ``call`` names the call."""
 
     def __init__(self, call: str, allowed: str) -> None:
         super().__init__(f'checkpoint asks for {call}; {allowed}')
-        self.call, self.allowed = call, allowed
+        self.call = call
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -41,8 +41,10 @@ LAYOUTS: dict[str, Layout] = {
     'DeepSpeed': Layout(entries=('module',), freq_embed=None, to_mmpretrain={}),
 }
 STATE_DICT_ENTRIES = tuple(entry for layout in LAYOUTS.values() for entry in layout.entries)
-FREQ_EMBED_ENTRIES = tuple(entry for layout in LAYOUTS.values() if layout.freq_embed
-                           for entry in layout.entries)
+# Entry -> the pattern of its freq_embed keys, for the layouts converted downstream.
+_FREQ_EMBED_PATTERNS = {entry: layout.freq_embed for layout in LAYOUTS.values()
+                        if layout.freq_embed for entry in layout.entries}
+FREQ_EMBED_ENTRIES = tuple(_FREQ_EMBED_PATTERNS)
 
 
 def find_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
@@ -90,8 +92,8 @@ def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
     Raises :class:`CheckpointError` listing the top-level keys when none of those entries is
     present, or listing an entry's keys when that entry holds no freq_embed.
     """
-    present = [(entry, layout.freq_embed) for layout in LAYOUTS.values() if layout.freq_embed
-               for entry in layout.entries if isinstance(checkpoint.get(entry), Mapping)]
+    present = [(entry, pattern) for entry, pattern in _FREQ_EMBED_PATTERNS.items()
+               if isinstance(checkpoint.get(entry), Mapping)]
     if not present:
         official, mmengine = (', '.join(LAYOUTS[name].entries) for name in ('official', 'mmengine'))
         raise CheckpointError(

@@ -11,8 +11,9 @@ than allowing ``builtins.getattr`` itself, the allowlist maps that global to
 :func:`history_buffer_method`, which resolves only public methods of HistoryBuffer and refuses
 any other attribute with :class:`~vheat_mm.checkpoint.RefusedCall` naming the call.
 
-The tools also route mmengine's own checkpoint reading (``--resume``, ``load_from``, the test
-checkpoint) through :func:`vheat_mm.checkpoint.read_checkpoint`: :func:`use_weights_only_loading`.
+``import vheat_mm`` also routes mmengine's own checkpoint reading (``--resume``, ``load_from``,
+the test checkpoint, also in the toolboxes' own tools) through
+:func:`vheat_mm.checkpoint.read_checkpoint`: :func:`use_weights_only_loading`.
 """
 from __future__ import annotations
 
