@@ -20,8 +20,7 @@ from pathlib import Path
 from mmengine.config import Config
 
 import vheat_mm  # noqa: F401  (registers vHeat; the configs import it too)
-
-TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
+from vheat_mm.mm.tool_config import TOOLBOXES
 
 
 def resolve_image(image: str, work_dir: Path) -> str:

@@ -62,9 +62,6 @@ class VHeatTimm(VHeat):
         x = flatten(pool(norm(x.permute(0, 2, 3, 1))))
         return x if pre_logits else fc(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
                               norm: bool = False, stop_early: bool = False,
                               output_fmt: str = 'NCHW', intermediates_only: bool = False):

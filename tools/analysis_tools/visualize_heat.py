@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark.py's timm Swin
 
-from vheat_mm.checkpoint import CheckpointError, load_pretrained
+from vheat_mm.checkpoint import load_pretrained
 from vheat_mm.models import VHeatFeatures, resolve_arch
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 
@@ -73,9 +73,9 @@ def build_vheat(args) -> tuple[VHeatFeatures, str]:
 
         from mmengine.config import Config
         from mmengine.registry import DefaultScope
-        import vheat_mm  # noqa: F401  (registers vHeat)
+        from vheat_mm.mm.tool_config import select_toolbox  # imports vheat_mm: registers vHeat
         cfg = Config.fromfile(args.config)
-        scope = cfg.get('default_scope', 'mmdet')
+        scope = select_toolbox(cfg)
         registry = importlib.import_module(f'{scope}.registry').MODELS
         backbone_cfg = dict(cfg.model.backbone)
         backbone_cfg.pop('init_cfg', None)
@@ -88,10 +88,7 @@ def build_vheat(args) -> tuple[VHeatFeatures, str]:
         model = VHeatFeatures(arch, img_size=args.size)
         name = f'vHeat-{args.arch}'
     if args.weights:
-        try:
-            load_pretrained(model, args.weights, prefix='backbone')
-        except CheckpointError:
-            load_pretrained(model, args.weights)
+        load_pretrained(model, args.weights)  # a detector's or segmentor's backbone. part too
         return model.eval(), f'{name}, weights {Path(args.weights).name}'
     return model.eval(), f'{name}, random initialisation'
 
