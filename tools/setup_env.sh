@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or update .venv at the repository root with the OpenMMLab stack and vheat_mm (editable).
-# Idempotent: when nothing that defines the environment changed, it returns in about a second.
+# Idempotent: when nothing that defines the environment changed, it returns in a few seconds (one import of torch, for the mmcv build plan).
 # The mmcv 2.1.0 wheel (a source-only release, built with its compiled ops) is cached under
 # $VHEAT_MM_CACHE (default ~/.cache/vheat_mm), keyed by the torch version, its CUDA version and
 # the GPU architectures, and reused by later set-ups. Where nvidia-smi lists a GPU, mmcv is built
@@ -58,9 +58,16 @@ if [[ ${VHEAT_MM_SETUP_PLAN:-0} == 1 ]]; then
     exit 0
 fi
 
-fingerprint=$(cat "$root/tools/setup_env.sh" "$root/pyproject.toml" "$root"/requirements/*.txt | sha256sum | cut -d' ' -f1)
-if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]]; then
-    exit 0
+# What defines the environment: these files and the mmcv build this machine needs ($1, the
+# wheel folder of mmcv_build_plan), so that a .venv set up on a CPU node is set up again on a GPU
+# node.
+fingerprint() {
+    { cat "$root/tools/setup_env.sh" "$root/pyproject.toml" "$root"/requirements/*.txt; echo "$1"; } \
+        | sha256sum | cut -d' ' -f1
+}
+if [[ -x "$venv/bin/python" && -f "$stamp" ]]; then
+    mmcv_build_plan "$venv/bin/python" || exit $?
+    [[ "$(cat "$stamp")" == "$(fingerprint "$wheel_dir")" ]] && exit 0
 fi
 
 [[ -x "$venv/bin/python" ]] || { log "creating $venv"; "$python" -m venv "$venv"; }
@@ -99,5 +106,5 @@ log "vheat_mm (editable)"
 
 "$venv/bin/python" -c 'import torch, mmcv.ops, mmdet, mmseg, mmpretrain' \
     || { log "the environment does not import; see the messages above"; exit 1; }
-echo "$fingerprint" > "$stamp"
+fingerprint "$wheel_dir" > "$stamp"
 log "ready: $venv"
