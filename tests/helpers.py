@@ -16,8 +16,8 @@ import pytest
 import torch
 
 __all__ = ['ROOT', 'CONFIGS', 'DATA', 'DAMAGED_FILES', 'MINI', 'MINI_POST', 'TOOL_TIMEOUT',
-           'CountingServer', 'free_port', 'load_script', 'mini_arch', 'python_tool', 'rel_error',
-           'remove_checkpoints', 'run_tool', 'synthetic_shapes', 'write_config',
+           'CountingServer', 'as_tuple', 'free_port', 'load_script', 'mini_arch', 'python_tool',
+           'rel_error', 'remove_checkpoints', 'run_tool', 'synthetic_shapes', 'write_config',
            'write_crafted_checkpoint', 'write_damaged_checkpoint']
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,11 @@ def remove_checkpoints(directory: Path) -> None:
     """Delete the .pth files under ``directory`` (hundreds of MB each; pytest keeps tmp dirs)."""
     for path in directory.rglob('*.pth'):
         path.unlink()
+
+
+def as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A model's output as a tuple: the classifier's logits alone, or the backbone's features."""
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

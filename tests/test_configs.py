@@ -7,7 +7,8 @@ import yaml
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-CONFIGS = Path(__file__).parents[1] / 'configs'
+from helpers import CONFIGS, ROOT
+
 EXPECTED = {
     'mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py': 52.74,
     'mask_rcnn/mask-rcnn_vheat-s_fpn_1x_coco.py': 74.11,
@@ -34,8 +35,6 @@ def test_config_builds_with_official_parameter_count(name, params):
         model = registry.build(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == params
 
-
-ROOT = CONFIGS.parent
 
 
 def indexed_models() -> list[dict]:

@@ -2,19 +2,17 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
-from helpers import MINI, load_script
+from helpers import MINI, ROOT, load_script
 from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.models import VHeat
 from vheat_mm.models.heat import dct_2d, dct_basis, heat_conduction
 
-ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / 'tools' / 'analysis_tools' / 'get_flops.py'
 CLASSIFICATION = ROOT / 'configs' / 'classification'
 PAPER_GFLOPS = {'t': 4.6, 's': 8.5, 'b': 14.9}

@@ -6,20 +6,18 @@ The expected padding is computed here from its definition (the official tool's):
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import (DAMAGED_FILES, MINI, load_script, write_crafted_checkpoint,
+from helpers import (DAMAGED_FILES, MINI, ROOT, load_script, write_crafted_checkpoint,
                       write_damaged_checkpoint)
 from vheat_mm import load_pretrained
 from vheat_mm.checkpoint import convert_freq_embeds, write_checkpoint
 from vheat_mm.models import VHeat, VHeatFeatures
 from vheat_mm.models.heat import resize_freq_embed
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'interpolate4downstream.py'
 PT, TG = 64, 128
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import MINI, MINI_POST, rel_error
+from helpers import MINI, MINI_POST, as_tuple, rel_error
 from vheat_mm.kernels import (dispatch, kernel_switches, layer_norm, layer_norm_silu,
                               linear_gelu, residual_layer_norm, triton_runs)
 from vheat_mm.kernels import attenuate, dwconv, fused_linear, norm
@@ -166,11 +166,6 @@ def test_float32_and_disabled_switches_take_the_eager_path():
             pass
 
 
-def _model_outputs(model, x):
-    out = model(x)
-    return (out,) if isinstance(out, torch.Tensor) else out
-
-
 @pytest.mark.parametrize('cls,arch,deploy', [
     (VHeatFeatures, MINI, False), (VHeatFeatures, MINI_POST, True), (VHeat, MINI_POST, False)],
     ids=['features-prenorm-eval', 'features-postnorm-deploy', 'classifier-postnorm-eval'])
@@ -182,9 +177,9 @@ def test_model_with_kernels_matches_eager_bf16(cls, arch, deploy):
     model = model.to(torch.bfloat16)
     x = randn(2, 3, 64, 64, dtype=torch.bfloat16)
     with torch.no_grad():
-        fast = _model_outputs(model, x)
+        fast = as_tuple(model(x))
         with kernel_switches(norm=False, linear_gelu=False, dwconv=False):
-            eager = _model_outputs(model, x)
+            eager = as_tuple(model(x))
     for a, b in zip(fast, eager):
         assert a.dtype == torch.bfloat16
         assert rel_error(a, b) < 3e-2

@@ -12,13 +12,12 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 import vheat_mm
-from helpers import (DAMAGED_FILES, DATA, MINI, load_script, mini_arch, write_crafted_checkpoint,
-                      write_damaged_checkpoint)
+from helpers import (DAMAGED_FILES, DATA, MINI, ROOT, load_script, mini_arch,
+                     write_crafted_checkpoint, write_damaged_checkpoint)
 from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat
 
-ROOT = Path(__file__).resolve().parents[1]
 
 NAMES = [('mmpretrain', 'vHeat'), ('mmdet', 'vHeat'), ('mmseg', 'vHeat'),
          ('mmdet', 'MMDET_VHEAT'), ('mmseg', 'MMSEG_VHEAT')]

@@ -21,15 +21,11 @@ What runs in float32 under autocast, and why (measured):
 import pytest
 import torch
 
-from helpers import MINI, MINI_POST, rel_error
+from helpers import MINI, MINI_POST, as_tuple, rel_error
 from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-
-
-def as_tuple(out):
-    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
 def autocast_errors(model, x, device_type='cpu', dtype=torch.bfloat16):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 TORCH = torch.__version__.split('+')[0]
 
 

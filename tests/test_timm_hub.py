@@ -3,7 +3,6 @@
 Nothing is downloaded: the official weights come from the official reference fixture, given
 to timm as a local file (``pretrained_cfg_overlay=dict(file=...)``).
 """
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +10,9 @@ import torch
 timm = pytest.importorskip('timm')
 
 import vheat_mm  # noqa: E402  (registers the timm models)
-from helpers import load_script, mini_arch  # noqa: E402
+from helpers import ROOT, load_script, mini_arch  # noqa: E402
 from vheat_mm.checkpoint import PRETRAINED_URLS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ['vheat_tiny', 'vheat_small', 'vheat_base']
 
 

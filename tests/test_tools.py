@@ -16,8 +16,7 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 
-import helpers
-from helpers import ROOT, load_script
+from helpers import ROOT, free_port, load_script
 from vheat_mm.mm import tool_config
 from vheat_mm.mm.tool_config import ToolConfigError
 
@@ -41,11 +40,6 @@ def logged(monkeypatch):
     monkeypatch.setattr(tool_config, 'print_log',
                         lambda message, logger, level: messages.append(message))
     return messages
-
-
-@pytest.fixture
-def free_port():
-    return helpers.free_port()
 
 
 # ----------------------------------------------------------------------------- toolbox, config
@@ -294,12 +288,13 @@ def isolated_dist_env(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the set-up without CUDA')
 @pytest.mark.parametrize('launcher', ['pytorch', 'slurm'])
-def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, free_port,
-                                                   launcher, logged):
+def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, launcher,
+                                                   logged):
     env = isolated_dist_env
+    port = str(free_port())
     if launcher == 'pytorch':
         for name, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
-                                MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port)).items():
+                                MASTER_ADDR='127.0.0.1', MASTER_PORT=port).items():
             env.setenv(name, value)
     else:  # what srun sets, and an scontrol that names this host
         scontrol = tmp_path / 'scontrol'
@@ -307,7 +302,7 @@ def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, 
         scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
         env.setenv('PATH', f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
         for name, value in dict(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_NODELIST='node1',
-                                SLURM_LOCALID='0', MASTER_PORT=str(free_port)).items():
+                                SLURM_LOCALID='0', MASTER_PORT=port).items():
             env.setenv(name, value)
     with pytest.raises(RuntimeError):
         torch.cuda.set_device(0)  # what mmengine's launchers call: it fails without a GPU
