@@ -155,8 +155,8 @@ BAD_INPUTS = {
     'no_freq_embed': (PT, TG, "no freq_embed in the checkpoint entry 'model' (is it a vHeat "
                               'checkpoint?): expected keys freq_embed.<stage> or '
                               'backbone.freq_embed.<stage>; keys found: a.weight, b.bias'),
-    'unknown_layout': (PT, TG, 'unknown checkpoint layout: expected an official entry (model, '
-                               'model_ema) or an mmengine entry (state_dict), found top-level '
+    'unknown_layout': (PT, TG, 'unknown checkpoint layout: expected an official entry (model_ema, '
+                               'model) or an mmengine entry (state_dict), found top-level '
                                "keys ['epoch', 'weights']"),
     'wrong_pt_size': (96, 128, "model['freq_embed.0'] has shape (16, 16, 8), but pt_size=96 "
                                'gives stage 0 a (24, 24, C) freq_embed'),

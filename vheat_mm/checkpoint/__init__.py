@@ -1,7 +1,8 @@
 """vHeat checkpoints in plain PyTorch, one module per job.
 
-- :mod:`.io`: reading with ``torch.load(weights_only=True)`` on the CPU, and one line on why a
-  file is refused (the unsafe globals torch lists) or cannot be read (empty, truncated...).
+- :mod:`.io`: reading with ``torch.load(weights_only=True)`` on the CPU (the official training
+  code's yacs config read as a plain dict), and one line on why a file is refused (the unsafe
+  globals torch lists, NaN or inf weights) or cannot be read (empty, truncated...).
 - :mod:`.download`: an http(s) URL is downloaded once into torch hub's checkpoint cache, as
   mmengine does, checked against its sha256, then read the same way.
 - :mod:`.layout`: the table of checkpoint layouts: the official one (``{'model': state_dict,
@@ -11,22 +12,30 @@
   :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's ``ImageClassifier``
   keys, :func:`convert_freq_embeds` prepares a classification checkpoint for a larger
   downstream resolution (what ``interpolate4downstream.py`` does).
+- :mod:`.fit`: the rule for a checkpoint that fills too few of a model's tensors (warning, or
+  an error under strict loading).
 - :mod:`.load`: :func:`load_pretrained` reads, converts and loads a checkpoint into a model.
 - :mod:`.atomic`: :func:`write_checkpoint` and :func:`replaced_atomically` write atomically.
 """
 from .atomic import leftover_temporaries, replaced_atomically, write_checkpoint
 from .convert import (CONVERSION_MODES, check_downstream_sizes, checkpoint_filter_fn,
-                      convert_freq_embeds, official_to_mmpretrain)
+                      convert_freq_embeds, official_to_mmpretrain, official_to_model)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
-from .io import RefusedCall, read_checkpoint
+from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
+from .io import (OfficialConfig, RefusedCall, check_finite, read_checkpoint,
+                 reading_official_checkpoints)
 from .layout import (FREQ_EMBED_ENTRIES, LAYOUTS, STATE_DICT_ENTRIES, FreqEmbedKey, Layout,
-                     find_freq_embeds, find_state_dict, select_prefix)
+                     find_freq_embeds, find_layout, find_state_dict, is_state_dict,
+                     select_prefix, weight_entries)
 from .load import LoadReport, load_pretrained
 
-__all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'PRETRAINED_URLS',
+__all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'MIN_FIT', 'PRETRAINED_URLS',
            'STATE_DICT_ENTRIES', 'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport',
-           'RefusedCall', 'cached_download', 'check_downstream_sizes', 'checkpoint_filter_fn',
-           'convert_freq_embeds', 'find_freq_embeds', 'find_state_dict', 'is_url',
+           'OfficialConfig', 'RefusedCall', 'cached_download', 'check_downstream_sizes',
+           'check_finite', 'check_fit', 'checkpoint_filter_fn', 'convert_freq_embeds',
+           'find_freq_embeds', 'find_layout', 'find_state_dict', 'is_state_dict', 'is_url',
            'leftover_temporaries', 'load_pretrained', 'official_to_mmpretrain',
-           'read_checkpoint', 'replaced_atomically', 'select_prefix', 'write_checkpoint']
+           'official_to_model', 'read_checkpoint', 'reading_official_checkpoints',
+           'replaced_atomically', 'select_prefix', 'strict_loading', 'strict_loading_enabled',
+           'weight_entries', 'write_checkpoint']

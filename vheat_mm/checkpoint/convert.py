@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from typing import Collection, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,7 +11,7 @@ from ..models import fit_freq_embeds, resize_freq_embed
 from .errors import CheckpointError
 from .layout import LAYOUTS, find_freq_embeds
 
-__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'official_to_mmpretrain',
+__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'official_to_mmpretrain', 'official_to_model',
            'check_downstream_sizes', 'convert_freq_embeds']
 
 CONVERSION_MODES = ('pad', 'bicubic')
@@ -51,6 +51,42 @@ def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
         old = max((old for old in renames if key.startswith(old)), key=len)
         converted[renames[old] + key[len(old):]] = value
     return converted
+
+
+def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[str]
+                      ) -> tuple[dict[str, Tensor], str]:
+    """Keys of an official vHeat state dict -> the keys of a model holding a vHeat trunk.
+
+    The trunk is where ``model_keys`` has ``freq_embed.0``: at the root (a plain
+    :class:`~vheat_mm.models.VHeat`, official keys already) or under a prefix such as
+    ``backbone.`` (a detector, segmentor or classifier). An mmpretrain ``ImageClassifier``
+    (``backbone.outnorm3`` and ``head.fc``) gets :func:`official_to_mmpretrain`'s keys; other
+    models get the trunk's keys under the prefix, and the official head (``classifier.*``)
+    stays as it is, so that it is reported as not used. A state dict without official keys
+    (no ``freq_embed.0``) is returned unchanged. Returns the state dict and one line on what
+    was done. Pure.
+    """
+    if 'freq_embed.0' not in state_dict:
+        return dict(state_dict), 'no official vHeat keys, used as they are'
+    prefixes = sorted(key[:-len('freq_embed.0')] for key in model_keys
+                      if key.endswith('freq_embed.0'))
+    if len(prefixes) != 1:
+        raise CheckpointError(
+            'the model has no vHeat trunk (no key ending in freq_embed.0) to load official vHeat '
+            'weights into' if not prefixes else
+            f'the model has several vHeat trunks ({", ".join(p or "<root>" for p in prefixes)}); '
+            f'load the official weights into one of them')
+    prefix = prefixes[0]
+    if not prefix:
+        return dict(state_dict), 'official keys, as the model has them'
+    if prefix == 'backbone.' and {'backbone.outnorm3.weight', 'head.fc.weight'} <= set(model_keys):
+        return (official_to_mmpretrain(state_dict),
+                "official keys -> mmpretrain's (classifier.0 -> backbone.outnorm3, classifier.3 "
+                "-> head.fc, the rest under backbone.)")
+    return ({key if key.startswith('classifier.') else prefix + key: value
+             for key, value in state_dict.items()},
+            f'official keys -> the trunk under {prefix!r} (the official classifier head is not '
+            f'used)')
 
 
 def check_downstream_sizes(pt_size: int, tg_size: int) -> None:

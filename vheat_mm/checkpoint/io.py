@@ -4,20 +4,32 @@ naming the file and why when it cannot be read.
 A file the weights-only unpickler refuses is named with the globals its pickle asks for, as
 torch lists them (``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.6); a
 damaged file with what is wrong with it (empty, truncated, not written by ``torch.save``).
+
+The official training code (``save_checkpoint_ema``) pickles its yacs ``CfgNode`` config beside
+the weights. While reading (:func:`reading_official_checkpoints`), that one global stands for
+:class:`OfficialConfig`, which builds a plain ``OrderedDict`` of the config's values: yacs need
+not be installed, and nothing of yacs (or of any other class) is constructed or run.
+
+Weights holding NaN or inf are refused (:func:`check_finite`): such a checkpoint comes from a
+diverged run or a damaged copy, and loading it would give a model that outputs NaN.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
-from typing import Mapping
+from collections import OrderedDict
+from typing import Iterator, Mapping
 
 import torch
 
 from .download import cached_download, is_url
 from .errors import CheckpointError
+from .layout import weight_entries
 
-__all__ = ['RefusedCall', 'read_checkpoint']
+__all__ = ['OfficialConfig', 'RefusedCall', 'check_finite', 'read_checkpoint',
+           'reading_official_checkpoints']
 
 # How a file that torch.save wrote in its legacy (non-zip, torch < 1.6) format starts.
 _LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:4]
@@ -33,19 +45,59 @@ class RefusedCall(CheckpointError):
         self.call = call
 
 
+class OfficialConfig:
+    """Stands for ``yacs.config.CfgNode`` while an official checkpoint is read: the node
+    becomes a plain ``OrderedDict`` of its values (yacs' own flags, such as ``__immutable__``,
+    land in that dict's ``__dict__``). A node pickled with arguments is refused."""
+
+    def __new__(cls, *args) -> OrderedDict:
+        if args:
+            raise RefusedCall(f'yacs.config.CfgNode{args!r}', 'a CfgNode is read without '
+                              'arguments, as the official training code pickles it')
+        return OrderedDict()
+
+
+# Globals of the official vHeat checkpoints -> the inert stand-in read in their place.
+OFFICIAL_STAND_INS = ((OfficialConfig, 'yacs.config.CfgNode'),)
+
+
+@contextlib.contextmanager
+def reading_official_checkpoints() -> Iterator[None]:
+    """Inside the block, ``torch.load(weights_only=True)`` reads what the official training
+    code pickles beside the weights (:data:`OFFICIAL_STAND_INS`); torch's allowlist is restored
+    on leaving it."""
+    with torch.serialization.safe_globals(list(OFFICIAL_STAND_INS)):
+        yield
+
+
+def check_finite(state_dict: Mapping, source: str) -> None:
+    """Raise :class:`CheckpointError` naming the first floating-point tensor of ``state_dict``
+    that holds NaN or inf (and how many of its values do)."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f'refusing to load {source}: tensor {key!r} {tuple(value.shape)} holds '
+                f'{bad} NaN or inf value{"s" if bad > 1 else ""} (a diverged run or a damaged '
+                f'file?)')
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint file (or http(s) URL, see
     :func:`~vheat_mm.checkpoint.download.cached_download`) on the CPU with
     ``torch.load(weights_only=True)``.
 
     Raises :class:`FileNotFoundError` or :class:`CheckpointError`, naming the path, for a
-    missing, unreadable, truncated or unsafe file (one whose pickle asks for code to run).
+    missing, unreadable, truncated or unsafe file (one whose pickle asks for code to run), and
+    for weights holding NaN or inf (in any state-dict entry, or a bare state dict).
     """
     path = cached_download(path) if is_url(path) else os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        with reading_official_checkpoints():
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except RefusedCall as err:
         raise CheckpointError(_refusal(path, err.call)) from None
     except Exception as err:  # unsafe pickle, truncated or corrupt file, permission...
@@ -58,6 +110,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                               f'expected a complete file written by torch.save') from err
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, not a dict of tensors')
+    for state_dict in weight_entries(checkpoint):
+        check_finite(state_dict, path)
     return dict(checkpoint)
 
 

@@ -2,6 +2,11 @@
 
 A checkpoint is a dict whose entry (a top-level key) holds the state dict, in one of the
 :data:`LAYOUTS`, or is itself a bare state dict (a mapping of tensors).
+
+An official checkpoint may hold two state dicts: ``model`` (the raw weights) and ``model_ema``
+(their exponential moving average, what the official release reports top-1 for). By default
+the EMA is read where it is present (as timm reads ``model_ema`` first); ``entry='model'``
+chooses the raw weights, which the official detection and segmentation code loads.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from torch import Tensor
 from .errors import CheckpointError
 
 __all__ = ['Layout', 'LAYOUTS', 'STATE_DICT_ENTRIES', 'FREQ_EMBED_ENTRIES', 'FreqEmbedKey',
-           'find_state_dict', 'select_prefix', 'find_freq_embeds']
+           'find_layout', 'find_state_dict', 'is_state_dict', 'select_prefix', 'weight_entries',
+           'find_freq_embeds']
 
 
 class Layout(NamedTuple):
@@ -35,7 +41,7 @@ _FREQ_EMBED = re.compile(r'(?:backbone\.)?freq_embed\.(\d+)')
 # By writer, in the order find_state_dict tries their entries.
 LAYOUTS: dict[str, Layout] = {
     'mmengine': Layout(entries=('state_dict',), freq_embed=_FREQ_EMBED, to_mmpretrain={}),
-    'official': Layout(entries=('model', 'model_ema'), freq_embed=_FREQ_EMBED,
+    'official': Layout(entries=('model_ema', 'model'), freq_embed=_FREQ_EMBED,
                        to_mmpretrain={'classifier.0.': 'backbone.outnorm3.',
                                       'classifier.3.': 'head.fc.', '': 'backbone.'}),
     'DeepSpeed': Layout(entries=('module',), freq_embed=None, to_mmpretrain={}),
@@ -47,16 +53,53 @@ _FREQ_EMBED_PATTERNS = {entry: layout.freq_embed for layout in LAYOUTS.values()
 FREQ_EMBED_ENTRIES = tuple(_FREQ_EMBED_PATTERNS)
 
 
-def find_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
-    """The state dict inside a checkpoint of any recognised layout."""
-    for entry in STATE_DICT_ENTRIES:
-        if isinstance(checkpoint.get(entry), Mapping):
-            return dict(checkpoint[entry])
-    if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
-        return dict(checkpoint)
+def is_state_dict(checkpoint: Mapping) -> bool:
+    """Whether ``checkpoint`` is itself a state dict: a mapping of tensors (and of the other
+    values a module's extra state may hold), without a nested mapping."""
+    return any(isinstance(v, Tensor) for v in checkpoint.values()) \
+        and not any(isinstance(v, Mapping) for v in checkpoint.values())
+
+
+def find_layout(checkpoint: Mapping, entry: str | None = None) -> tuple[str, str | None]:
+    """The layout of ``checkpoint`` and the entry to read: ``(name, entry)``, with ``('bare',
+    None)`` for a bare state dict.
+
+    ``entry`` chooses among the entries present (e.g. ``'model'`` of an official checkpoint
+    that also holds ``model_ema``); by default the first present in :data:`LAYOUTS`' order.
+    Raises :class:`CheckpointError` for an unknown layout or an absent ``entry``, listing the
+    checkpoint's top-level keys.
+    """
+    present = [(name, key) for name, layout in LAYOUTS.items() for key in layout.entries
+               if isinstance(checkpoint.get(key), Mapping)]
+    if entry is not None:
+        if entry not in STATE_DICT_ENTRIES:
+            raise ValueError(f'unknown checkpoint entry {entry!r}; choose one of '
+                             f'{list(STATE_DICT_ENTRIES)}')
+        chosen = [(name, key) for name, key in present if key == entry]
+        if not chosen:
+            raise CheckpointError(f'the checkpoint has no {entry!r} entry (top-level keys: '
+                                  f'{sorted(map(str, checkpoint))[:20]})')
+        return chosen[0]
+    if present:
+        return present[0]
+    if is_state_dict(checkpoint):
+        return 'bare', None
     raise CheckpointError(
         f'no state dict found: expected one of the entries {list(STATE_DICT_ENTRIES)} or a '
-        f'mapping of tensors, found keys {sorted(checkpoint)[:20]}')
+        f'mapping of tensors, found keys {sorted(map(str, checkpoint))[:20]}')
+
+
+def find_state_dict(checkpoint: Mapping, entry: str | None = None) -> dict[str, Tensor]:
+    """The state dict inside a checkpoint of any recognised layout (:func:`find_layout`)."""
+    _, key = find_layout(checkpoint, entry)
+    return dict(checkpoint if key is None else checkpoint[key])
+
+
+def weight_entries(checkpoint: Mapping) -> list[Mapping]:
+    """Every state dict a checkpoint holds: its :data:`LAYOUTS` entries, or itself when bare."""
+    entries = [checkpoint[key] for key in STATE_DICT_ENTRIES
+               if isinstance(checkpoint.get(key), Mapping)]
+    return entries or ([checkpoint] if is_state_dict(checkpoint) else [])
 
 
 def select_prefix(state_dict: Mapping[str, Tensor], prefix: str | None) -> dict[str, Tensor]:

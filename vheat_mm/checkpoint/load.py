@@ -9,6 +9,7 @@ from torch import nn
 
 from .convert import checkpoint_filter_fn
 from .errors import CheckpointError
+from .fit import check_fit
 from .io import read_checkpoint
 from .layout import find_state_dict, select_prefix
 
@@ -21,14 +22,22 @@ logger = logging.getLogger(__name__)
 class LoadReport:
     """What :func:`load_pretrained` did: keys it could not fill, keys it ignored, resizes."""
     path: str
+    loaded: int = 0
+    total: int = 0
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f'loaded vHeat weights from {self.path}']
+        out = [f'loaded vHeat weights from {self.path}: {self.loaded} of the model\'s '
+               f'{self.total} tensors']
         if self.resized:
             out.append('resized (bicubic) to the model: ' + ', '.join(self.resized))
+        out.extend(self.mismatch_lines())
+        return out
+
+    def mismatch_lines(self) -> list[str]:
+        out = []
         if self.missing:
             out.append(f'missing in the checkpoint, left as initialised ({len(self.missing)}): '
                        + ', '.join(self.missing))
@@ -39,14 +48,18 @@ class LoadReport:
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | None = None,
-                    strict: bool = False) -> LoadReport:
+                    strict: bool = False, entry: str | None = None) -> LoadReport:
     """Load a vHeat checkpoint of any recognised layout into ``model``.
 
-    freq_embed tensors of another resolution are resized. Tensors whose shapes cannot fit raise
-    :class:`CheckpointError` naming every such key; with ``strict=True`` missing or unexpected
-    keys raise too. The returned :class:`LoadReport` lists what was not loaded.
+    ``entry`` picks the state dict of a checkpoint that holds several (an official one's
+    ``model_ema``, read by default where present, or ``model``; see
+    :mod:`~vheat_mm.checkpoint.layout`). freq_embed tensors of another resolution are resized.
+    Tensors whose shapes cannot fit raise :class:`CheckpointError` naming every such key. A
+    checkpoint filling fewer than 90% of the model's tensors logs a warning
+    (:func:`~vheat_mm.checkpoint.fit.check_fit`); with ``strict=True`` that, and any missing
+    or unexpected key, raises. The returned :class:`LoadReport` lists what was not loaded.
     """
-    state_dict = select_prefix(find_state_dict(read_checkpoint(path)), prefix)
+    state_dict = select_prefix(find_state_dict(read_checkpoint(path), entry), prefix)
     converted = checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
@@ -56,13 +69,17 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
                               + '; '.join(mismatched))
     report = LoadReport(
         path=os.fspath(path),
+        loaded=len(set(own) & set(converted)),
+        total=len(own),
         missing=sorted(set(own) - set(converted)),
         unexpected=sorted(set(converted) - set(own)),
         resized=[f'{k} {tuple(state_dict[k].shape)} -> {tuple(converted[k].shape)}'
                  for k in converted if converted[k] is not state_dict[k]],
     )
+    check_fit(report.path, report.loaded, report.total, strict=strict)
     if strict and (report.missing or report.unexpected):
-        raise CheckpointError('\n'.join(report.lines()))
+        raise CheckpointError(f'checkpoint {report.path} does not match the model exactly '
+                              f'(strict): ' + '; '.join(report.mismatch_lines()))
     model.load_state_dict({k: v for k, v in converted.items() if k in own}, strict=False)
     for line in report.lines():
         logger.info(line)
