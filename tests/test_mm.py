@@ -340,9 +340,9 @@ converter = load_script(ROOT / 'tools/model_converters/vheat_to_mmpretrain.py')
 CONVERTER_BAD_INPUTS = {
     'no_freq_embed': 'not an official vHeat classifier state dict (it needs freq_embed.0 and '
                      "classifier.3.weight); keys found: ['fc.weight']",
-    'unknown_layout': "has no 'model' entry, so it is not an official vHeat checkpoint (expected "
-                      "{'model': state_dict, ...}, and 'model_ema' with --ema); top-level keys "
-                      "found: ['meta', 'state_dict']",
+    'unknown_layout': "has no 'model_ema' or 'model' entry, so it is not an official vHeat "
+                      "checkpoint (expected {'model': state_dict, ...}, and 'model_ema' with EMA); "
+                      "top-level keys found: ['meta', 'state_dict']",
     'unsafe': 'refusing to load',
     'missing': 'checkpoint not found',
     **DAMAGED_FILES,

@@ -1,7 +1,7 @@
 """Test (and evaluate) with mmdet, mmseg or mmpretrain (the config's ``default_scope`` picks it).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR]
-        [--tta] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+        [--tta] [--strict] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 ``--out``: mmdet and mmpretrain dump predictions to a .pkl file, mmseg writes them to a
 directory. ``--show-dir``: painted predictions. ``--tta``: test-time augmentation with the
@@ -13,7 +13,7 @@ import argparse
 import sys
 
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
-from vheat_mm.checkpoint import CheckpointError
+from vheat_mm.checkpoint import CheckpointError, strict_loading
 from vheat_mm.mm import tool_config
 
 
@@ -25,6 +25,9 @@ def parse_args() -> argparse.Namespace:
                                       'mmseg: directory for the predicted maps')
     parser.add_argument('--show-dir', help='directory for painted predictions')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--strict', action='store_true',
+                        help='fail when a checkpoint fills fewer than 90%% of the model\'s '
+                             'tensors (default: a warning)')
     return tool_config.parse_tool_args(parser)
 
 
@@ -47,7 +50,8 @@ def main() -> None:
     if args.out is not None:
         tool_config.attach_dump_metric(runner, toolbox=toolbox, out=args.out)
     try:
-        runner.test()
+        with strict_loading(args.strict):
+            runner.test()
     except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint
         sys.exit(f'test.py: error: {err}')
 

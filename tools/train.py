@@ -1,6 +1,6 @@
 """Train with mmdet, mmseg or mmpretrain (the config's ``default_scope`` picks the toolbox).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr] [--strict]
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Several processes: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``. Runs
@@ -14,7 +14,7 @@ import sys
 import torch
 
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
-from vheat_mm.checkpoint import CheckpointError
+from vheat_mm.checkpoint import CheckpointError, strict_loading
 from vheat_mm.mm import tool_config
 
 
@@ -26,6 +26,9 @@ def parse_args() -> argparse.Namespace:
                              'checkpoint in the work directory')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+    parser.add_argument('--strict', action='store_true',
+                        help='fail when a checkpoint (load_from, init_cfg, --resume) fills fewer '
+                             'than 90%% of the model\'s tensors (default: a warning)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
     args = tool_config.parse_tool_args(parser)
@@ -51,7 +54,8 @@ def main() -> None:
         persistent_workers=True)
     runner = tool_config.build_runner(cfg, toolbox=toolbox)
     try:
-        runner.train()
+        with strict_loading(args.strict):
+            runner.train()
     except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint to resume from
         sys.exit(f'train.py: error: {err}')
 

@@ -9,7 +9,10 @@ Registered when timm is installed and vheat_mm is imported. The model is the sam
 wrapper). ``pretrained=True`` reads the official ImageNet-1k release named in the
 ``pretrained_cfg`` (or a local ``file`` given in ``pretrained_cfg_overlay``), through
 :func:`vheat_mm.checkpoint.checkpoint_filter_fn`: a checkpoint of another resolution has its
-freq_embed resized, and the official ``{'model': ...}`` layout is unwrapped.
+freq_embed resized, and the official ``{'model': ..., 'model_ema': ...}`` layout is unwrapped
+(timm reads ``model_ema`` first). Files written by the official training code, with its yacs
+config, are read as they are (:func:`~vheat_mm.checkpoint.reading_official_checkpoints`);
+weights holding NaN or inf are refused.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from .checkpoint import PRETRAINED_URLS, checkpoint_filter_fn, find_state_dict
+from .checkpoint import (PRETRAINED_URLS, check_finite, checkpoint_filter_fn, find_state_dict,
+                         reading_official_checkpoints)
 from .models import VHeat
 
 __all__ = ['VHeatTimm', 'register_timm_models']
@@ -89,8 +93,11 @@ class VHeatTimm(VHeat):
 
 
 def timm_filter_fn(checkpoint: Mapping[str, Any], model: VHeatTimm) -> dict[str, Tensor]:
-    """timm's ``pretrained_filter_fn``: the official layouts unwrapped, freq_embed fitted."""
-    return checkpoint_filter_fn(find_state_dict(checkpoint), model)
+    """timm's ``pretrained_filter_fn``: the official layouts unwrapped, NaN or inf refused,
+    freq_embed fitted."""
+    state_dict = find_state_dict(checkpoint)
+    check_finite(state_dict, f'the pretrained weights of {type(model).__name__}')
+    return checkpoint_filter_fn(state_dict, model)
 
 
 def _pretrained_cfg(arch: str) -> dict:
@@ -113,10 +120,11 @@ def register_timm_models() -> tuple[str, ...]:
     def entrypoint(arch: str):
         def create(pretrained: bool = False, **kwargs) -> VHeatTimm:
             kwargs.setdefault('arch', arch)
-            return build_model_with_cfg(
-                VHeatTimm, f'vheat_{arch}', pretrained,
-                pretrained_filter_fn=timm_filter_fn,
-                feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **kwargs)
+            with reading_official_checkpoints():  # timm reads the file inside
+                return build_model_with_cfg(
+                    VHeatTimm, f'vheat_{arch}', pretrained,
+                    pretrained_filter_fn=timm_filter_fn,
+                    feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **kwargs)
         create.__name__ = create.__qualname__ = f'vheat_{arch}'
         create.__module__ = __name__
         create.__doc__ = f'vHeat-{arch[0].upper()} (arXiv 2405.16555), ImageNet-1k.'

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark.py's timm Swin
 
-from vheat_mm.checkpoint import load_pretrained
+from vheat_mm.checkpoint import CheckpointError, load_pretrained, strict_loading
 from vheat_mm.models import VHeatFeatures, resolve_arch
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 
@@ -88,7 +88,10 @@ def build_vheat(args) -> tuple[VHeatFeatures, str]:
         model = VHeatFeatures(arch, img_size=args.size)
         name = f'vHeat-{args.arch}'
     if args.weights:
-        load_pretrained(model, args.weights)  # a detector's or segmentor's backbone. part too
+        # a detector's or segmentor's backbone. part too; a picture titled with a checkpoint
+        # that fits badly would show a mostly random model: refused (strict loading)
+        with strict_loading():
+            load_pretrained(model, args.weights)
         return model.eval(), f'{name}, weights {Path(args.weights).name}'
     return model.eval(), f'{name}, random initialisation'
 
@@ -211,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.images <= len(PHOTOS):
         parser.error(f'--images must be in [1, {len(PHOTOS)}] (bundled photographs: {PHOTOS})')
     torch.manual_seed(0)
-    model, title = build_vheat(args)
+    try:
+        model, title = build_vheat(args)
+    except (CheckpointError, FileNotFoundError) as err:
+        parser.exit(1, f'{parser.prog}: error: {err}\n')
     if not 1 <= args.stage <= len(model.layers):
         parser.error(f'--stage must be in [1, {len(model.layers)}], got {args.stage}')
     swin = None if args.no_swin else build_swin(model, args.size)

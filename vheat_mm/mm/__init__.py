@@ -2,9 +2,12 @@
 
 Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
 ``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
-mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook``.
+mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook`` and
+``RequireRunnerCheckpointHook``.
 mmengine then reads local and http(s) checkpoints through vheat_mm's safe reader, also in the
-toolboxes' own tools (:mod:`.safe_load`), and shows vheat_mm's log records (:mod:`.reporting`).
+toolboxes' own tools (:mod:`.safe_load`), loads official vHeat checkpoints into any model and
+says how well a checkpoint fits (:mod:`.state_dict_loading`), and shows vheat_mm's log records
+(:mod:`.reporting`).
 """
 from __future__ import annotations
 
@@ -31,13 +34,16 @@ def register_all() -> tuple[str, ...]:
     from .checkpoint_hook import AtomicCheckpointHook
     from .reporting import forward_logs_to_mmengine, one_line_checkpoint_errors
     from .safe_load import allow_mmengine_checkpoints, use_weights_only_loading
+    from .state_dict_loading import RequireRunnerCheckpointHook, use_vheat_state_dict_loading
 
     allow_mmengine_checkpoints()
     use_weights_only_loading()
+    use_vheat_state_dict_loading()
     forward_logs_to_mmengine()
     one_line_checkpoint_errors()
-    if 'AtomicCheckpointHook' not in HOOKS.module_dict:
-        HOOKS.register_module(module=AtomicCheckpointHook)
+    for hook in (AtomicCheckpointHook, RequireRunnerCheckpointHook):
+        if hook.__name__ not in HOOKS.module_dict:
+            HOOKS.register_module(module=hook)
     done = []
     for toolbox, registry_module in REGISTRY_MODULES.items():
         if not _installed(toolbox):

@@ -73,10 +73,12 @@ def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset(),
 class VHeatBackbone(VHeatFeatures):
     """:class:`~vheat_mm.models.VHeatFeatures` with ``init_cfg``, registered as ``vHeat``.
 
-    ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads an official
-    classification checkpoint, an mmengine checkpoint (with or without ``backbone.``) or a plain
-    state dict when the runner calls :meth:`init_weights`; freq_embed is resized to ``img_size``
-    and every key not loaded is logged. Other init types go to mmengine's ``initialize``.
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None, entry=None, strict=False)``
+    loads an official classification checkpoint (``entry``: ``'model_ema'``, the default where
+    present, or ``'model'``), an mmengine checkpoint (with or without ``backbone.``) or a plain
+    state dict when the runner calls :meth:`init_weights`, with
+    :func:`~vheat_mm.checkpoint.load_pretrained`: freq_embed is fitted to ``img_size``, every
+    key not loaded is logged, and a checkpoint that fits badly warns (``strict``: fails). Other init types go to mmengine's ``initialize``.
     ``check_finite=True`` (a debugging aid) raises on the first NaN or inf in the input or a
     stage's output. The other keywords are those of :class:`~vheat_mm.models.VHeatFeatures`;
     an unknown keyword is a TypeError listing the allowed ones.
@@ -103,11 +105,12 @@ class VHeatBackbone(VHeatFeatures):
         self.is_init = True
 
     def _load_pretrained(self, cfg: dict) -> None:
-        unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+        unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location', 'strict', 'entry'}
         if unknown or 'checkpoint' not in cfg:
-            raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix and "
-                             f"map_location; got {sorted(cfg)}")
-        load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))  # logs its report
+            raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix, entry, "
+                             f"strict and map_location; got {sorted(cfg)}")
+        load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),  # logs its report
+                        entry=cfg.get('entry'), strict=cfg.get('strict', False))
 
 
 def build_official_backbone(name: str, default_img_size: int):

@@ -24,6 +24,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from ..checkpoint import CheckpointError, RefusedCall, is_url, read_checkpoint
+from .state_dict_loading import remember_source
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
@@ -59,13 +60,18 @@ def load_from_weights_only(filename: str, map_location: object = None) -> dict:
 
     Reads with :func:`vheat_mm.checkpoint.read_checkpoint` (``weights_only=True``, on the CPU;
     the runner moves the values to the model's device). An unsafe pickle, a truncated or a
-    missing file raise :class:`~vheat_mm.checkpoint.CheckpointError` naming the file.
+    missing file raise :class:`~vheat_mm.checkpoint.CheckpointError` naming the file. The file
+    is noted as the source of its state dicts (:func:`~.state_dict_loading.remember_source`), so
+    that loading them names it.
     ``map_location`` is accepted for the scheme's signature and not used.
     """
+    path = filename if is_url(filename) else os.path.expanduser(filename)
     try:
-        return read_checkpoint(filename if is_url(filename) else os.path.expanduser(filename))
+        checkpoint = read_checkpoint(path)
     except FileNotFoundError as err:
         raise CheckpointError(str(err)) from None
+    remember_source(checkpoint, path)
+    return checkpoint
 
 
 def use_weights_only_loading() -> None:

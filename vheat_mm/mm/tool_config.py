@@ -206,13 +206,17 @@ def enable_auto_scale_lr(cfg: Config) -> None:
 
 
 def set_resume(cfg: Config, *, resume: str | None) -> None:
-    """``resume='auto'``: the latest checkpoint in work_dir; a path: that checkpoint; None: no."""
-    if resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif resume is not None:
-        cfg.resume = True
-        cfg.load_from = resume
+    """``resume='auto'``: the latest checkpoint in work_dir; a path: that checkpoint; None: no.
+
+    Resuming adds ``RequireRunnerCheckpointHook``, which refuses a checkpoint that mmengine's
+    runner did not write (an official vHeat file) in one line.
+    """
+    if resume is None:
+        return
+    cfg.resume = True
+    cfg.load_from = None if resume == 'auto' else resume
+    cfg.custom_hooks = [*(cfg.get('custom_hooks') or []),
+                        dict(type='RequireRunnerCheckpointHook')]
 
 
 def set_dataloader_defaults(cfg: Config, *, toolbox: str, fields: Sequence[str],
