@@ -27,8 +27,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
     parser.add_argument('--strict', action='store_true',
-                        help='fail when a checkpoint (load_from, init_cfg, --resume) fills fewer '
-                             'than 90%% of the model\'s tensors (default: a warning)')
+                        help='fail when a checkpoint fits the model badly: under 90%% of the '
+                             'model\'s tensors loaded, or over 10%% of its own unused (default: '
+                             'a warning)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
     args = tool_config.parse_tool_args(parser)

@@ -54,7 +54,7 @@ def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
 
 
 def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[str]
-                      ) -> tuple[dict[str, Tensor], str]:
+                      ) -> tuple[Mapping[str, Tensor], str | None]:
     """Keys of an official vHeat state dict -> the keys of a model holding a vHeat trunk.
 
     The trunk is where ``model_keys`` has ``freq_embed.0``: at the root (a plain
@@ -63,11 +63,11 @@ def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[s
     (``backbone.outnorm3`` and ``head.fc``) gets :func:`official_to_mmpretrain`'s keys; other
     models get the trunk's keys under the prefix, and the official head (``classifier.*``)
     stays as it is, so that it is reported as not used. A state dict without official keys
-    (no ``freq_embed.0``) is returned unchanged. Returns the state dict and one line on what
-    was done. Pure.
+    (no ``freq_embed.0``), or for a trunk at the model's root, is returned as it is (the same
+    object). Returns the state dict and one line on what was renamed (None: nothing). Pure.
     """
     if 'freq_embed.0' not in state_dict:
-        return dict(state_dict), 'no official vHeat keys, used as they are'
+        return state_dict, None
     prefixes = sorted(key[:-len('freq_embed.0')] for key in model_keys
                       if key.endswith('freq_embed.0'))
     if len(prefixes) != 1:
@@ -78,7 +78,7 @@ def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[s
             f'load the official weights into one of them')
     prefix = prefixes[0]
     if not prefix:
-        return dict(state_dict), 'official keys, as the model has them'
+        return state_dict, None
     if prefix == 'backbone.' and {'backbone.outnorm3.weight', 'head.fc.weight'} <= set(model_keys):
         return (official_to_mmpretrain(state_dict),
                 "official keys -> mmpretrain's (classifier.0 -> backbone.outnorm3, classifier.3 "

@@ -55,7 +55,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     ``model_ema``, read by default where present, or ``model``; see
     :mod:`~vheat_mm.checkpoint.layout`). freq_embed tensors of another resolution are resized.
     Tensors whose shapes cannot fit raise :class:`CheckpointError` naming every such key. A
-    checkpoint filling fewer than 90% of the model's tensors logs a warning
+    checkpoint that fills fewer than 90% of the model's tensors, or more than 10% of whose
+    tensors the model does not use, logs a warning
     (:func:`~vheat_mm.checkpoint.fit.check_fit`); with ``strict=True`` that, and any missing
     or unexpected key, raises. The returned :class:`LoadReport` lists what was not loaded.
     """
@@ -76,7 +77,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
         resized=[f'{k} {tuple(state_dict[k].shape)} -> {tuple(converted[k].shape)}'
                  for k in converted if converted[k] is not state_dict[k]],
     )
-    check_fit(report.path, report.loaded, report.total, strict=strict)
+    check_fit(report.path, own, converted, strict=strict)
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(f'checkpoint {report.path} does not match the model exactly '
                               f'(strict): ' + '; '.join(report.mismatch_lines()))

@@ -24,7 +24,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from ..checkpoint import CheckpointError, RefusedCall, is_url, read_checkpoint
-from .state_dict_loading import remember_source
+from .state_dict_loading import runner_layout
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
@@ -60,9 +60,9 @@ def load_from_weights_only(filename: str, map_location: object = None) -> dict:
 
     Reads with :func:`vheat_mm.checkpoint.read_checkpoint` (``weights_only=True``, on the CPU;
     the runner moves the values to the model's device). An unsafe pickle, a truncated or a
-    missing file raise :class:`~vheat_mm.checkpoint.CheckpointError` naming the file. The file
-    is noted as the source of its state dicts (:func:`~.state_dict_loading.remember_source`), so
-    that loading them names it.
+    missing file raise :class:`~vheat_mm.checkpoint.CheckpointError` naming the file. An
+    official vHeat (or DeepSpeed) checkpoint is given as ``{'state_dict': ...}``, and the file is
+    noted as the source of its state dicts (:func:`~.state_dict_loading.runner_layout`).
     ``map_location`` is accepted for the scheme's signature and not used.
     """
     path = filename if is_url(filename) else os.path.expanduser(filename)
@@ -70,8 +70,7 @@ def load_from_weights_only(filename: str, map_location: object = None) -> dict:
         checkpoint = read_checkpoint(path)
     except FileNotFoundError as err:
         raise CheckpointError(str(err)) from None
-    remember_source(checkpoint, path)
-    return checkpoint
+    return runner_layout(checkpoint, path)
 
 
 def use_weights_only_loading() -> None:

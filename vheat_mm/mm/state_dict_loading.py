@@ -1,23 +1,27 @@
 """Every load through mmengine understands the official vHeat layouts and says how well it fits.
 
 ``load_from``, ``tools/test.py CKPT``, ``--resume``, ``mim test``, the inferencers' ``weights`` /
-``pretrained``, ``init_cfg`` of other modules and mmengine's ``load_checkpoint`` all end in
-``mmengine.runner.checkpoint.load_state_dict(module, state_dict)``, which receives the
-checkpoint's ``state_dict`` entry or, where there is none, the whole checkpoint.
-:func:`use_vheat_state_dict_loading` puts :func:`load_state_dict` in its place, which:
+``pretrained``, ``init_cfg`` and mmengine's ``load_checkpoint`` read a file through mmengine's
+``CheckpointLoader`` (vheat_mm's safe reader, :mod:`.safe_load`), let hooks see it
+(``after_load_checkpoint``: EMAHook copies its ``state_dict``), then pass its ``state_dict``
+entry, or the whole checkpoint where there is none, to
+``mmengine.runner.checkpoint.load_state_dict(module, state_dict)``. Here:
 
-- reads an official vHeat checkpoint (``model`` / ``model_ema``, official keys) as the model's
-  keys, for classifier, detector and segmentor alike (:func:`~vheat_mm.checkpoint.official_to_model`),
-  in one logged line; a DeepSpeed ``module`` entry likewise;
-- refuses a checkpoint that is neither a state dict nor of a known layout, naming its keys;
-- after mmengine's own loading, applies :func:`~vheat_mm.checkpoint.check_fit` (a warning
-  naming the file and the count, an error under strict loading).
+- :func:`runner_layout`, called by the reader, gives an official vHeat checkpoint (``model_ema``,
+  read first where present, or ``model``) or a DeepSpeed one (``module``) to mmengine as
+  ``{'state_dict': that entry}``, marked with :data:`LAYOUT_MARK`, so that every loader and
+  hook finds the weights where a runner checkpoint has them;
+- :func:`load_state_dict`, in the place of mmengine's (:func:`use_vheat_state_dict_loading`),
+  loads official vHeat keys as the model's keys, for classifier, detector and segmentor alike
+  (:func:`~vheat_mm.checkpoint.official_to_model`), in one logged line; refuses a checkpoint
+  that is neither a state dict nor of a known layout, naming its keys; and after mmengine's
+  own loading applies :func:`~vheat_mm.checkpoint.check_fit` (a warning naming the file and
+  the counts, an error under strict loading);
+- ``--resume`` needs a checkpoint of mmengine's runner: :class:`RequireRunnerCheckpointHook`,
+  which the tools add when resuming, refuses any other in one line.
 
-``--resume`` needs a checkpoint of mmengine's runner: :class:`RequireRunnerCheckpointHook`,
-which the tools add when resuming, refuses any other in one line.
-
-The file a state dict came from is known by its tensors: :func:`remember_source`, called by
-the safe reader of :mod:`.safe_load`, notes it for the first tensor of each state dict.
+The file a state dict came from is known by its tensors: :func:`remember_source` notes it for
+the first tensor of each state dict the reader returns.
 """
 from __future__ import annotations
 
@@ -30,12 +34,16 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from torch import Tensor, nn
 
-from ..checkpoint import (LAYOUTS, CheckpointError, check_fit, find_layout, is_state_dict,
-                          official_to_model, weight_entries)
+from ..checkpoint import (LAYOUTS, STATE_DICT_ENTRIES, CheckpointError, check_fit, find_layout,
+                          is_state_dict, official_to_model)
 
-__all__ = ['RequireRunnerCheckpointHook', 'load_state_dict', 'remember_source', 'source_of', 'use_vheat_state_dict_loading']
+__all__ = ['LAYOUT_MARK', 'RequireRunnerCheckpointHook', 'load_state_dict', 'remember_source',
+           'runner_layout', 'source_of', 'use_vheat_state_dict_loading']
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
+
+# The key that marks a checkpoint runner_layout unwrapped; its value says what it was.
+LAYOUT_MARK = 'vheat_mm_layout'
 
 _SOURCES: OrderedDict[int, tuple[weakref.ref, str]] = OrderedDict()
 _SOURCES_KEPT = 32
@@ -45,9 +53,14 @@ def _first_tensor(state_dict: Mapping) -> Tensor | None:
     return next((v for v in state_dict.values() if isinstance(v, Tensor)), None)
 
 
+def _state_dicts(checkpoint: Mapping) -> list[Mapping]:
+    """``checkpoint`` and the mappings in it (its state dicts, of a known layout or not)."""
+    return [checkpoint, *(v for v in checkpoint.values() if isinstance(v, Mapping))]
+
+
 def remember_source(checkpoint: Mapping, path: str) -> None:
     """Note ``path`` as the file of each state dict in ``checkpoint`` (by its first tensor)."""
-    for state_dict in weight_entries(checkpoint):
+    for state_dict in _state_dicts(checkpoint):
         tensor = _first_tensor(state_dict)
         if tensor is not None:
             _SOURCES[id(tensor)] = (weakref.ref(tensor), path)
@@ -56,15 +69,14 @@ def remember_source(checkpoint: Mapping, path: str) -> None:
         _SOURCES.popitem(last=False)
 
 
-def source_of(state_dict: Mapping) -> str:
-    """The file ``state_dict`` (or an entry of it) was read from, or a description."""
-    for entries in ([state_dict], weight_entries(state_dict)):
-        for entry in entries:
-            tensor = _first_tensor(entry)
-            known = _SOURCES.get(id(tensor)) if tensor is not None else None
-            if known is not None and known[0]() is tensor:
-                return known[1]
-    return 'given to mmengine'
+def source_of(checkpoint: Mapping) -> str:
+    """The file a state dict (or a checkpoint holding it) was read from, or a description."""
+    for state_dict in _state_dicts(checkpoint):
+        tensor = _first_tensor(state_dict)
+        known = _SOURCES.get(id(tensor)) if tensor is not None else None
+        if known is not None and known[0]() is tensor:
+            return known[1]
+    return 'a checkpoint given to mmengine'
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
@@ -73,41 +85,50 @@ def _unwrapped(module: nn.Module) -> nn.Module:
     return module
 
 
-def model_state_dict(state_dict: Mapping, model_keys: list[str], source: str) -> Mapping:
-    """``state_dict`` as mmengine passed it, made into the model's state dict: an official
-    vHeat checkpoint converted, another layout's entry taken (DeepSpeed's ``module``), a state
-    dict as it is. Raises :class:`CheckpointError` for anything else."""
-    if not state_dict or is_state_dict(state_dict):
-        return state_dict
+def runner_layout(checkpoint: Mapping, path: str) -> Mapping:
+    """``checkpoint`` as mmengine's loaders and hooks read it: a runner checkpoint or a state
+    dict as it is; another layout of :data:`~vheat_mm.checkpoint.LAYOUTS` (official, DeepSpeed)
+    as ``{'state_dict': its entry, LAYOUT_MARK: what it was}``. An unknown layout is returned as
+    it is, for :func:`load_state_dict` to refuse. Notes ``path`` (:func:`remember_source`)."""
+    if not checkpoint or is_state_dict(checkpoint) \
+            or isinstance(checkpoint.get('state_dict'), Mapping):
+        remember_source(checkpoint, path)
+        return checkpoint
     try:
-        layout, entry = find_layout(state_dict)
-    except CheckpointError as err:
-        raise CheckpointError(f'cannot load {source}: it is neither a runner checkpoint '
-                              f"(with 'state_dict') nor a known layout: {err}") from None
-    inner = state_dict[entry]
-    if layout != 'official':
-        logger.info('%s: the state dict is its %s entry %r', source, layout, entry)
-        return inner
-    converted, how = official_to_model(inner, model_keys)
-    logger.info('%s is an official vHeat checkpoint: %d tensors of its %r entry loaded as the '
-                "model's keys (%s)", source, len(inner), entry, how)
-    return converted
+        layout, entry = find_layout(checkpoint)
+    except CheckpointError:
+        remember_source(checkpoint, path)
+        return checkpoint
+    present = [key for key in LAYOUTS[layout].entries if isinstance(checkpoint.get(key), Mapping)]
+    what = f'{layout} checkpoint, its {entry!r} entry' + (
+        f' (of {", ".join(map(repr, present))})' if len(present) > 1 else '')
+    unwrapped = {'state_dict': checkpoint[entry], LAYOUT_MARK: what}
+    remember_source(unwrapped, f'{path} ({what})')
+    return unwrapped
 
 
 def load_state_dict(module: nn.Module, state_dict: Mapping, strict: bool = False,
                     logger: object = None) -> None:
-    """mmengine's ``load_state_dict`` for official layouts too, with the fit check."""
+    """mmengine's ``load_state_dict`` for official vHeat keys too, with the fit check."""
     source = source_of(state_dict)
+    if state_dict and not is_state_dict(state_dict):
+        raise CheckpointError(
+            f'cannot load {source}: it is neither a runner checkpoint (with \'state_dict\') nor '
+            f'of a known layout (entries {", ".join(STATE_DICT_ENTRIES)}) nor a state dict; '
+            f'top-level keys: {sorted(map(str, state_dict))[:20]}')
     model_keys = [k for k in _unwrapped(module).state_dict()
                   if not k.endswith('num_batches_tracked')]
-    converted = model_state_dict(state_dict, model_keys, source)
-    if converted is not state_dict:
+    converted, how = official_to_model(state_dict, model_keys)
+    if how is not None:
+        _logger.info('%s: official vHeat keys loaded as the model\'s (%s)',
+                                         source, how)
         metadata = getattr(state_dict, '_metadata', None)
         converted = OrderedDict(converted)
         if metadata is not None:
             converted._metadata = metadata
     _MMENGINE_LOAD_STATE_DICT(module, converted, strict, logger)
-    check_fit(source, sum(k in converted for k in model_keys), len(model_keys), strict=strict)
+    check_fit(source, model_keys, [k for k, v in converted.items() if isinstance(v, Tensor)],
+              strict=strict)
 
 
 _MMENGINE_LOAD_STATE_DICT = None
@@ -135,11 +156,9 @@ class RequireRunnerCheckpointHook(Hook):
         if isinstance(checkpoint.get('state_dict'), Mapping) and 'meta' in checkpoint:
             return
         source = source_of(checkpoint)
-        official = [key for key in LAYOUTS['official'].entries
-                    if isinstance(checkpoint.get(key), Mapping)]
-        what = (f'an official vHeat checkpoint (entries {", ".join(official)})' if official
+        what = (f'an {checkpoint[LAYOUT_MARK]}' if LAYOUT_MARK in checkpoint
                 else f'a checkpoint with the top-level keys {sorted(map(str, checkpoint))[:10]}')
         raise CheckpointError(
-            f"cannot resume from {source}: it is {what}, not a checkpoint of mmengine's runner "
-            f"(with 'state_dict' and 'meta'); to start from its weights, give it as load_from "
-            f'or as the backbone\'s init_cfg instead')
+            f"cannot resume from {source}: it holds {what}, not a checkpoint of mmengine's "
+            f"runner (with 'state_dict' and 'meta'); to start from its weights, give it as "
+            f"load_from or as the backbone's init_cfg instead")
