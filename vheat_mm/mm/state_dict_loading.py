@@ -47,6 +47,7 @@ LAYOUT_MARK = 'vheat_mm_layout'
 
 _SOURCES: OrderedDict[int, tuple[weakref.ref, str]] = OrderedDict()
 _SOURCES_KEPT = 32
+_LAST_WITHOUT_TENSORS: str | None = None
 
 
 def _first_tensor(state_dict: Mapping) -> Tensor | None:
@@ -60,11 +61,13 @@ def _state_dicts(checkpoint: Mapping) -> list[Mapping]:
 
 def remember_source(checkpoint: Mapping, path: str) -> None:
     """Note ``path`` as the file of each state dict in ``checkpoint`` (by its first tensor)."""
-    for state_dict in _state_dicts(checkpoint):
-        tensor = _first_tensor(state_dict)
-        if tensor is not None:
-            _SOURCES[id(tensor)] = (weakref.ref(tensor), path)
-            _SOURCES.move_to_end(id(tensor))
+    global _LAST_WITHOUT_TENSORS
+    tensors = [t for t in map(_first_tensor, _state_dicts(checkpoint)) if t is not None]
+    for tensor in tensors:
+        _SOURCES[id(tensor)] = (weakref.ref(tensor), path)
+        _SOURCES.move_to_end(id(tensor))
+    if not tensors:  # an empty state dict: known as the last such file read
+        _LAST_WITHOUT_TENSORS = path
     while len(_SOURCES) > _SOURCES_KEPT:
         _SOURCES.popitem(last=False)
 
@@ -76,7 +79,9 @@ def source_of(checkpoint: Mapping) -> str:
         known = _SOURCES.get(id(tensor)) if tensor is not None else None
         if known is not None and known[0]() is tensor:
             return known[1]
-    return 'a checkpoint given to mmengine'
+    if _LAST_WITHOUT_TENSORS and all(_first_tensor(d) is None for d in _state_dicts(checkpoint)):
+        return _LAST_WITHOUT_TENSORS
+    return 'given to mmengine'
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
@@ -113,7 +118,7 @@ def load_state_dict(module: nn.Module, state_dict: Mapping, strict: bool = False
     source = source_of(state_dict)
     if state_dict and not is_state_dict(state_dict):
         raise CheckpointError(
-            f'cannot load {source}: it is neither a runner checkpoint (with \'state_dict\') nor '
+            f'cannot load checkpoint {source}: it is neither a runner checkpoint (with \'state_dict\') nor '
             f'of a known layout (entries {", ".join(STATE_DICT_ENTRIES)}) nor a state dict; '
             f'top-level keys: {sorted(map(str, state_dict))[:20]}')
     model_keys = [k for k in _unwrapped(module).state_dict()
