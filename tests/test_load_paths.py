@@ -3,7 +3,8 @@
 The resizing lives in one place, the trunk's load_state_dict pre-hook (``fit_freq_embeds``), so
 a plain ``load_state_dict``, mmengine's ``load_checkpoint`` (what ``load_from`` and ``--resume``
 use, also with a ``backbone.`` prefix inside a detector), ``init_cfg`` and ``load_pretrained``
-all end with the same resized tensors.
+all end with the same fitted tensors: resized bicubically, or zero-padded under
+``freq_embed_fit='pad'``.
 """
 import logging
 
@@ -14,8 +15,7 @@ from mmengine.runner import load_checkpoint
 from helpers import MINI_POST
 from vheat_mm.checkpoint import load_pretrained
 from vheat_mm.mm.backbone import VHeatBackbone
-from vheat_mm.models import VHeat, VHeatFeatures
-from vheat_mm.models.heat import resize_freq_embed
+from vheat_mm.models import FREQ_EMBED_FITS, VHeat, VHeatFeatures
 
 
 @pytest.fixture
@@ -28,48 +28,53 @@ def source():
     return model
 
 
-def expected(source, size):
-    return [resize_freq_embed(p.detach(), (size // 4 // 2**i,) * 2)
+def expected(source, size, mode='bicubic'):
+    return [FREQ_EMBED_FITS[mode](p.detach(), (size // 4 // 2**i,) * 2)
             for i, p in enumerate(source.freq_embed)]
 
 
-def assert_fitted(model, source, size):
-    for got, want in zip(model.freq_embed, expected(source, size)):
-        torch.testing.assert_close(got.detach(), want)
+def assert_fitted(model, source, size, mode='bicubic'):
+    for got, want in zip(model.freq_embed, expected(source, size, mode)):
+        if mode == 'pad':  # exactly the tensors interpolate4downstream.py writes
+            assert torch.equal(got.detach(), want)
+        else:
+            torch.testing.assert_close(got.detach(), want)
 
 
-def resize_records(caplog):
+def resize_records(caplog, mode='bicubic'):
     return [r.getMessage() for r in caplog.records
-            if 'freq_embed of another resolution resized' in r.getMessage()]
+            if f'freq_embed of another resolution fitted ({mode})' in r.getMessage()]
 
 
-def test_plain_load_state_dict(source, caplog):
-    target = VHeat(MINI_POST, img_size=128, num_classes=5)
+@pytest.mark.parametrize('mode', list(FREQ_EMBED_FITS))
+def test_plain_load_state_dict(source, caplog, mode):
+    target = VHeat(MINI_POST, img_size=128, num_classes=5, freq_embed_fit=mode)
     with caplog.at_level(logging.INFO, logger='vheat_mm'):
         result = target.load_state_dict(source.state_dict())
     assert not result.missing_keys and not result.unexpected_keys
-    assert_fitted(target, source, 128)
-    lines = resize_records(caplog)
+    assert_fitted(target, source, 128, mode)
+    lines = resize_records(caplog, mode)
     assert len(lines) == 4  # once per tensor
     assert lines[0].endswith('freq_embed.0 (16, 16, 8) -> (32, 32, 8)')
 
 
-def test_mmengine_load_checkpoint_into_a_backbone_and_a_detector(source, tmp_path, caplog):
+@pytest.mark.parametrize('mode', list(FREQ_EMBED_FITS))
+def test_mmengine_load_checkpoint_into_a_backbone_and_a_detector(source, tmp_path, caplog, mode):
     """``load_from`` and resume go through mmengine's load_checkpoint."""
     path = tmp_path / 'epoch_1.pth'
     state = {k: v for k, v in source.state_dict().items() if not k.startswith('classifier')}
     torch.save(dict(state_dict=state, meta=dict(epoch=1)), path)
-    backbone = VHeatFeatures(MINI_POST, img_size=512)
+    backbone = VHeatFeatures(MINI_POST, img_size=512, freq_embed_fit=mode)
     with caplog.at_level(logging.INFO, logger='vheat_mm'):
         load_checkpoint(backbone, str(path), map_location='cpu')
-    assert_fitted(backbone, source, 512)
-    assert len(resize_records(caplog)) == 4
+    assert_fitted(backbone, source, 512, mode)
+    assert len(resize_records(caplog, mode)) == 4
 
     detector = torch.nn.Module()
-    detector.backbone = VHeatFeatures(MINI_POST, img_size=256)
+    detector.backbone = VHeatFeatures(MINI_POST, img_size=256, freq_embed_fit=mode)
     torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()}), path)
     load_checkpoint(detector, str(path), map_location='cpu')
-    assert_fitted(detector.backbone, source, 256)
+    assert_fitted(detector.backbone, source, 256, mode)
 
 
 def test_init_cfg_and_load_pretrained(source, tmp_path, caplog):
@@ -87,6 +92,19 @@ def test_init_cfg_and_load_pretrained(source, tmp_path, caplog):
     other = VHeatFeatures(MINI_POST, img_size=256)
     load_pretrained(other, path)
     assert_fitted(other, source, 256)
+    padded = VHeatFeatures(MINI_POST, img_size=256, freq_embed_fit='pad')
+    load_pretrained(padded, path)
+    assert_fitted(padded, source, 256, 'pad')
+
+
+def test_pad_refuses_to_shrink_and_an_unknown_fit_is_named(source):
+    target = VHeat(MINI_POST, img_size=32, num_classes=5, freq_embed_fit='pad')
+    with pytest.raises(ValueError, match=r"'pad' cannot shrink freq_embed.0 of shape \(16, 16, 8\) "
+                                         r"to the model's \(8, 8, 8\)"):
+        target.load_state_dict(source.state_dict())
+    with pytest.raises(ValueError, match=r"freq_embed_fit must be one of \['pad', 'bicubic'\], "
+                                         r"got 'crop'"):
+        VHeat(MINI_POST, freq_embed_fit='crop')
 
 
 def test_a_freq_embed_of_other_channels_is_left_to_fail(source):

@@ -4,10 +4,9 @@ from __future__ import annotations
 import copy
 from typing import Collection, Mapping
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import fit_freq_embeds, resize_freq_embed
+from ..models import fit_freq_embeds, pad_freq_embed, resize_freq_embed
 from .errors import CheckpointError
 from .layout import LAYOUTS, find_freq_embeds
 
@@ -19,15 +18,17 @@ _SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is resized to the model's size
-    (:func:`~vheat_mm.models.fit_freq_embeds`, for the vHeat trunk at ``model``'s root).
+    """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is fitted to the model's size
+    the way the model's ``freq_embed_fit`` says ('bicubic' or 'pad'; 'bicubic' for a model
+    without one) (:func:`~vheat_mm.models.fit_freq_embeds`, for the vHeat trunk at ``model``'s
+    root).
 
     Pure: the input is left untouched. Other keys pass through unchanged.
     """
     out = dict(state_dict)
     freq_embed = getattr(model, 'freq_embed', None)
     if freq_embed is not None:
-        fit_freq_embeds(out, '', freq_embed)
+        fit_freq_embeds(out, '', freq_embed, getattr(model, 'freq_embed_fit', 'bicubic'))
     return out
 
 
@@ -102,13 +103,6 @@ def check_downstream_sizes(pt_size: int, tg_size: int) -> None:
                          f'pt_size')
 
 
-def _pad_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
-    """Zero-pad a (H, W, C) freq_embed at the bottom and right to ``size`` (the official way)."""
-    pad_h, pad_w = size[0] - freq_embed.shape[0], size[1] - freq_embed.shape[1]
-    padded = F.pad(freq_embed.permute(2, 0, 1), (0, pad_w, 0, pad_h), mode='constant', value=0)
-    return padded.permute(1, 2, 0).contiguous()
-
-
 def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
                         mode: str = 'pad') -> dict:
     """A copy of ``checkpoint`` with each freq_embed enlarged from ``pt_size`` to ``tg_size``.
@@ -137,6 +131,6 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
                 f'a ({expected}, {expected}, C) freq_embed; is pt_size the resolution the '
                 f'checkpoint was trained at?')
         target = (tg_size // 4 // 2**stage,) * 2
-        converted[entry][key] = (_pad_freq_embed(value, target) if mode == 'pad'
+        converted[entry][key] = (pad_freq_embed(value, target) if mode == 'pad'
                                  else resize_freq_embed(value, target))
     return converted

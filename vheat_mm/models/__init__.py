@@ -6,12 +6,12 @@
 - :mod:`.vheat`: architectures, blocks, stages, :class:`VHeatTrunk`, :class:`VHeat`,
   :class:`VHeatFeatures`.
 """
-from .heat import dct_basis, heat_conduction, heat_decay_map, resize_freq_embed
+from .heat import dct_basis, heat_conduction, heat_decay_map, pad_freq_embed, resize_freq_embed
 from .heat_operator import CacheBudget, HeatConductionOperator, HeatContext, TensorCache
-from .vheat import (ARCH_SETTINGS, Arch, VHeat, VHeatFeatures, VHeatTrunk, fit_freq_embeds,
-                    resolve_arch)
+from .vheat import (ARCH_SETTINGS, FREQ_EMBED_FITS, Arch, VHeat, VHeatFeatures, VHeatTrunk,
+                    fit_freq_embeds, resolve_arch)
 
-__all__ = ['ARCH_SETTINGS', 'Arch', 'CacheBudget', 'HeatConductionOperator', 'HeatContext',
+__all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'CacheBudget', 'HeatConductionOperator', 'HeatContext',
            'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
-           'fit_freq_embeds', 'heat_conduction', 'heat_decay_map', 'resize_freq_embed',
+           'fit_freq_embeds', 'heat_conduction', 'heat_decay_map', 'pad_freq_embed', 'resize_freq_embed',
            'resolve_arch']

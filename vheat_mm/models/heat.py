@@ -34,7 +34,7 @@ from .layers import may_overwrite
 __all__ = [
     'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
     'dct_2d', 'idct_2d',
-    'resize_freq_embed', 'float32_under_autocast'
+    'pad_freq_embed', 'resize_freq_embed', 'float32_under_autocast'
 ]
 
 
@@ -169,3 +169,24 @@ def resize_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
     grid = freq_embed.permute(2, 0, 1).unsqueeze(0).float()
     resized = F.interpolate(grid, size=size, mode='bicubic', align_corners=False)
     return resized[0].permute(1, 2, 0).to(freq_embed.dtype)
+
+
+def pad_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero-pad a (H, W, C) frequency embedding at the bottom and right to ``size``.
+
+    What the official ``interpolate4downstream.py`` writes (and ``interpolate4downstream.py``
+    here by default); the backbone's load-time fit under ``freq_embed_fit='pad'``. The (H, W)
+    corner keeps its values, the new rows and columns are 0. Padding cannot shrink: a ``size``
+    smaller than (H, W) in either dimension is a ValueError. A tensor already of that size is
+    returned as it is.
+    """
+    if freq_embed.dim() != 3:
+        raise ValueError(f'freq_embed must be (H, W, C), got shape {tuple(freq_embed.shape)}')
+    size = (int(size[0]), int(size[1]))
+    pad_h, pad_w = size[0] - freq_embed.shape[0], size[1] - freq_embed.shape[1]
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f'cannot zero-pad a freq_embed of shape {tuple(freq_embed.shape)} to '
+                         f'the smaller {size}; bicubic resizing can shrink it')
+    if not pad_h and not pad_w:
+        return freq_embed
+    return F.pad(freq_embed, (0, 0, 0, pad_w, 0, pad_h))

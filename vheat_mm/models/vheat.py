@@ -17,14 +17,15 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .heat import resize_freq_embed
+from .heat import pad_freq_embed, resize_freq_embed
 from .heat_operator import (CacheBudget, HeatConductionOperator, HeatContext, TensorCache,
                             build_heat_context)
 from .layers import (Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem,
                      drop_path, may_overwrite)
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
-           'VHeatTrunk', 'fit_freq_embeds', 'resolve_arch']
+           'VHeatTrunk', 'FREQ_EMBED_FITS', 'check_freq_embed_fit', 'fit_freq_embeds',
+           'resolve_arch']
 
 logger = logging.getLogger(__name__)
 
@@ -151,31 +152,52 @@ class HeatStage(nn.ModuleList):
         return x, self[-1](x)
 
 
-def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str,
-                    freq_embed: Sequence[Tensor]) -> list[str]:
-    """Resize, in ``state_dict``, each ``{prefix}freq_embed.{i}`` of another (H, W) than the
-    model's ``freq_embed[i]`` (same channels) to the model's size, bicubically
-    (:func:`~vheat_mm.models.heat.resize_freq_embed`). Returns one line per resized tensor.
+#: How a loaded freq_embed of another (H, W) is fitted to the model's (``freq_embed_fit``).
+FREQ_EMBED_FITS = {'pad': pad_freq_embed, 'bicubic': resize_freq_embed}
 
-    The one place where loaded freq_embeds are fitted: the trunk's load_state_dict pre-hook
-    (so every load path: ``load_state_dict``, mmengine's ``load_from`` and resume, ``init_cfg``)
-    and :func:`vheat_mm.checkpoint.checkpoint_filter_fn` call it.
+
+def check_freq_embed_fit(mode: str) -> str:
+    """``mode`` if it is one of :data:`FREQ_EMBED_FITS`, else a one-line ValueError."""
+    if mode not in FREQ_EMBED_FITS:
+        raise ValueError(f'freq_embed_fit must be one of {list(FREQ_EMBED_FITS)}, got {mode!r}')
+    return mode
+
+
+def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequence[Tensor],
+                    mode: str = 'bicubic') -> list[str]:
+    """Fit, in ``state_dict``, each ``{prefix}freq_embed.{i}`` of another (H, W) than the
+    model's ``freq_embed[i]`` (same channels) to the model's size. Returns one line per fitted
+    tensor.
+
+    ``mode='bicubic'`` resizes (:func:`~vheat_mm.models.heat.resize_freq_embed`); ``'pad'``
+    zero-pads at the bottom and right (:func:`~vheat_mm.models.heat.pad_freq_embed`), as the
+    official ``interpolate4downstream.py`` does, and refuses a tensor larger than the model's
+    (ValueError naming the key and both shapes). The one place where loaded freq_embeds are
+    fitted: the trunk's load_state_dict pre-hook (so every load path: ``load_state_dict``,
+    mmengine's ``load_from`` and resume, ``init_cfg``) and
+    :func:`vheat_mm.checkpoint.checkpoint_filter_fn` call it.
     """
+    fit = FREQ_EMBED_FITS[check_freq_embed_fit(mode)]
     lines = []
     for i, own in enumerate(freq_embed):
         key = f'{prefix}freq_embed.{i}'
         value = state_dict.get(key)
         if isinstance(value, Tensor) and value.dim() == 3 and value.shape[2] == own.shape[2] \
                 and value.shape != own.shape:
-            state_dict[key] = resize_freq_embed(value, own.shape[:2])
+            if mode == 'pad' and (value.shape[0] > own.shape[0] or value.shape[1] > own.shape[1]):
+                raise ValueError(f"freq_embed_fit='pad' cannot shrink {key} of shape "
+                                 f"{tuple(value.shape)} to the model's {tuple(own.shape)}; use "
+                                 f"freq_embed_fit='bicubic'")
+            state_dict[key] = fit(value, own.shape[:2])
             lines.append(f'{key} {tuple(value.shape)} -> {tuple(own.shape)}')
     return lines
 
 
 def _fit_loaded_freq_embeds(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
     """load_state_dict pre-hook of the trunk: fit freq_embeds of another resolution, logged."""
-    for line in fit_freq_embeds(state_dict, prefix, module.freq_embed):
-        logger.info('vHeat: freq_embed of another resolution resized (bicubic): %s', line)
+    for line in fit_freq_embeds(state_dict, prefix, module.freq_embed, module.freq_embed_fit):
+        logger.info('vHeat: freq_embed of another resolution fitted (%s): %s',
+                    module.freq_embed_fit, line)
 
 
 class VHeatTrunk(nn.Module):
@@ -192,6 +214,10 @@ class VHeatTrunk(nn.Module):
         img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
             any size down to the stride of the last stage (32x32 for four stages) are accepted:
             freq_embed is resized bicubically to each stage's size.
+        freq_embed_fit: how a loaded freq_embed of another resolution is fitted to img_size
+            (:func:`fit_freq_embeds`): 'bicubic' resizes it (any size, also smaller), 'pad'
+            zero-pads it at the bottom and right, as the official ``interpolate4downstream.py``
+            does (the start of the paper's downstream runs; cannot shrink).
         in_channels: image channels.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
         with_cp: gradient checkpointing per block.
@@ -204,10 +230,12 @@ class VHeatTrunk(nn.Module):
     #: own keywords in its signature (:func:`trunk_keywords`).
     RUN_KEYWORDS = ('with_cp', 'check_finite')
 
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224, in_channels: int = 3,
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
+                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
                  drop_path_rate: float = 0.0, with_cp: bool = False, check_finite: bool = False):
         super().__init__()
         self.arch = resolve_arch(arch)
+        self.freq_embed_fit = check_freq_embed_fit(freq_embed_fit)
         self.total_stride = PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)  # of the last stage
         if img_size <= 0 or img_size % self.total_stride:
             raise ValueError(f'img_size must be a positive multiple of {self.total_stride} (the '
@@ -380,8 +408,8 @@ class VHeat(VHeatTrunk):
 
     Args:
         num_classes: classifier outputs.
-        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, in_channels,
-            drop_path_rate, with_cp, check_finite).
+        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, freq_embed_fit,
+            in_channels, drop_path_rate, with_cp, check_finite).
     """
 
     def __init__(self, arch: str | dict = 'tiny', *, num_classes: int = 1000, **kwargs):
@@ -408,8 +436,8 @@ class VHeatFeatures(VHeatTrunk):
         frozen_stages: -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
             0..i-1 (their blocks, downsampling, freq_embed and output norms). Frozen parts stay
             in eval mode after ``train()``.
-        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, in_channels,
-            drop_path_rate, with_cp, check_finite).
+        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, freq_embed_fit,
+            in_channels, drop_path_rate, with_cp, check_finite).
     """
 
     def __init__(self, arch: str | dict = 'tiny', *, out_indices: Sequence[int] = (0, 1, 2, 3),
