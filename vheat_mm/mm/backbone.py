@@ -119,6 +119,11 @@ def build_official_backbone(name: str, default_img_size: int):
     As the official classes, it takes its weights from ``pretrained`` and ignores the Swin
     keywords that the official configs inherit from their Swin ``_base_`` (:data:`SWIN_LEFTOVERS`)
     and an inherited ``init_cfg`` (which would load Swin weights), each with one logged line.
+
+    ``freq_embed_fit`` defaults to 'pad': the official classes load ``pretrained`` without
+    resizing, so the official runs started from the file the official
+    ``interpolate4downstream.py`` zero-pads; padding at load time starts from the same tensors
+    when ``pretrained`` is the 224-pixel classification checkpoint itself.
     """
 
     @reject_unknown_keywords(f'{name} (official keywords)', tolerated=SWIN_LEFTOVERS | {'init_cfg'})
@@ -127,7 +132,7 @@ def build_official_backbone(name: str, default_img_size: int):
               img_size: int = default_img_size, drop_path_rate: float = 0.1,
               out_indices: Sequence[int] = (0, 1, 2, 3), use_checkpoint: bool = False,
               pretrained: str | None = None, frozen_stages: int = -1, in_chans: int = 3,
-              mlp_ratio: float = 4.0, check_finite: bool = False,
+              mlp_ratio: float = 4.0, check_finite: bool = False, freq_embed_fit: str = 'pad',
               **leftovers) -> VHeatBackbone:
         init_cfg = leftovers.pop('init_cfg', None)
         if leftovers:
@@ -141,7 +146,7 @@ def build_official_backbone(name: str, default_img_size: int):
         return VHeatBackbone(arch, img_size=img_size, in_channels=in_chans,
                              drop_path_rate=drop_path_rate, out_indices=out_indices,
                              frozen_stages=frozen_stages, with_cp=use_checkpoint,
-                             check_finite=check_finite,
+                             check_finite=check_finite, freq_embed_fit=freq_embed_fit,
                              init_cfg=None if pretrained is None
                              else dict(type='Pretrained', checkpoint=pretrained))
 
