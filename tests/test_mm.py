@@ -61,7 +61,8 @@ def test_official_keywords(toolbox, name, tmp_path):
     model = registry(toolbox).build(dict(type=name, depths=(1, 1, 2, 1), dims=8, post_norm=False,
                                          layer_scale=None, drop_path_rate=0.2, use_checkpoint=True,
                                          out_indices=(0, 1, 2, 3), pretrained='some.pth'))
-    assert model.with_cp and model.init_cfg == dict(type='Pretrained', checkpoint='some.pth')
+    assert model.with_cp and model.init_cfg == dict(type='Pretrained', checkpoint='some.pth',
+                                                    entry='model')  # what the official code reads
     assert model.img_size == (224 if toolbox == 'mmdet' else 512)  # official defaults
     assert model.layers[3][0].drop_path == pytest.approx(0.2)
     with pytest.raises(TypeError, match='depth'):
@@ -85,7 +86,7 @@ def test_official_names_ignore_the_inherited_swin_keywords(toolbox, name, caplog
     with caplog.at_level(logging.INFO, logger='vheat_mm'):
         model = registry(toolbox).build(dict(type=name, **OFFICIAL_KW, **SWIN_BACKBONE,
                                              pretrained='vheat.pth'))
-    assert model.init_cfg == dict(type='Pretrained', checkpoint='vheat.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='vheat.pth', entry='model')
     assert model.arch.mlp_ratio == 4  # a keyword both take
     logged = caplog.text
     assert (f'{name}: ignoring the Swin keywords the config inherits, as the official code '

@@ -116,7 +116,8 @@ class VHeatBackbone(VHeatFeatures):
 def build_official_backbone(name: str, default_img_size: int):
     """A builder taking the official ``MMDET_VHEAT`` / ``MMSEG_VHEAT`` config keywords.
 
-    As the official classes, it takes its weights from ``pretrained`` and ignores the Swin
+    As the official classes, it takes its weights from ``pretrained`` (the ``model`` entry of an
+    official checkpoint, as they read it) and ignores the Swin
     keywords that the official configs inherit from their Swin ``_base_`` (:data:`SWIN_LEFTOVERS`)
     and an inherited ``init_cfg`` (which would load Swin weights), each with one logged line.
 
@@ -147,8 +148,8 @@ def build_official_backbone(name: str, default_img_size: int):
                              drop_path_rate=drop_path_rate, out_indices=out_indices,
                              frozen_stages=frozen_stages, with_cp=use_checkpoint,
                              check_finite=check_finite, freq_embed_fit=freq_embed_fit,
-                             init_cfg=None if pretrained is None
-                             else dict(type='Pretrained', checkpoint=pretrained))
+                             init_cfg=None if pretrained is None  # the official code reads 'model'
+                             else dict(type='Pretrained', checkpoint=pretrained, entry='model'))
 
     build.__doc__ = (f'vHeat backbone from the official config keywords (img_size defaults '
                      f'to {default_img_size}, as in the official code).')
