@@ -130,8 +130,8 @@ def test_bad_config_is_a_clear_error(toolbox, name, case):
 def test_unknown_keyword_lists_every_allowed_keyword(toolbox, name):
     allowed = (['depths', 'dims', 'post_norm', 'layer_scale', 'img_size', 'drop_path_rate',
                 'out_indices', 'use_checkpoint', 'pretrained', 'frozen_stages', 'in_chans',
-                'mlp_ratio', 'check_finite'] if name != 'vHeat' else
-               ['arch', 'img_size', 'in_channels', 'drop_path_rate', 'out_indices',
+                'mlp_ratio', 'check_finite', 'freq_embed_fit'] if name != 'vHeat' else
+               ['arch', 'img_size', 'freq_embed_fit', 'in_channels', 'drop_path_rate', 'out_indices',
                 'frozen_stages', 'with_cp', 'check_finite', 'init_cfg'])
     with pytest.raises(TypeError) as error:
         registry(toolbox).build(config(name, out_indice=(1,)))

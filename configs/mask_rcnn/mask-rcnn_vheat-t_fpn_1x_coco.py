@@ -3,8 +3,9 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
 
-# ImageNet-1k vHeat-T of the official release. freq_embed (224) is resized to img_size on load;
-# interpolate4downstream.py writes the official zero-padded variant instead.
+# ImageNet-1k vHeat-T of the official release. Its freq_embed (224) is zero-padded to img_size on
+# load (freq_embed_fit='pad'): the tensors interpolate4downstream.py writes, where the paper's runs
+# started. freq_embed_fit='bicubic' resizes instead.
 pretrained = 'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/vHeat_tiny.pth'
 model = dict(
     backbone=dict(
@@ -12,6 +13,7 @@ model = dict(
         type='vHeat',
         arch='tiny',
         img_size=512,
+        freq_embed_fit='pad',
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
         with_cp=False,

@@ -11,8 +11,10 @@ model = dict(
         arch='tiny',
         # The official tiny 3x config sets no img_size, so its backbone kept the default 224
         # (freq_embed 56/28/14/7) that its released checkpoint holds; kept here so that
-        # checkpoint loads unchanged. The 1x configs and the small 3x config use 512.
+        # checkpoint loads unchanged. The paper's 53M for this detector would imply 512, as the
+        # 1x configs and the small 3x config use (its freq_embed zero-padded from 224 on load).
         img_size=224,
+        freq_embed_fit='pad',
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
