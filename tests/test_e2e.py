@@ -335,6 +335,36 @@ def test_classifier_trains_and_tests_with_accuracy(classifier):
     assert 'accuracy/top5' not in metrics and 'accuracy/top1' in done.stdout
 
 
+def test_classifier_falls_back_to_float32_and_keeps_the_best_raw_and_ema(classifier):
+    """The paper config's AmpOptimWrapper trains in float32 on the CPU, with a warning; every
+    epoch scores the raw weights and the EMA, and the best checkpoint of each holds the weights
+    that scored (in ``state_dict``, what tools/test.py evaluates)."""
+    work_dir = classifier['tmp'] / 'best'
+    done = python_tool('tools/train.py', classifier['config'], '--work-dir', work_dir, '--amp',
+                       '--cfg-options', 'train_cfg.max_epochs=2')
+    from vheat_mm.checkpoint import read_checkpoint
+
+    assert ('no CUDA, config changed to run on CPU: optim_wrapper: AmpOptimWrapper -> '
+            'OptimWrapper (float32' in done.stdout + done.stderr)
+    (run,) = run_dirs(work_dir)
+    scored = [r for r in read_scalars(run) if 'accuracy/top1' in r]
+    assert len(scored) == 2 and all('ema/accuracy/top1' in r for r in scored), scored
+    raw_best = sorted(work_dir.glob('best_accuracy_top1_epoch_*.pth'))
+    ema_best = sorted(work_dir.glob('best_ema_accuracy_top1_epoch_*.pth'))
+    assert len(raw_best) == 1 and len(ema_best) == 1, sorted(p.name for p in work_dir.iterdir())
+    for best, raw in ((raw_best[0], True), (ema_best[0], False)):
+        epoch = best.stem.rsplit('_', 1)[-1]
+        saved = read_checkpoint(best)
+        # epoch_N.pth as EMAHook writes it: state_dict the EMA, ema_state_dict the raw weights
+        epoch_ckpt = read_checkpoint(work_dir / f'epoch_{epoch}.pth')
+        key = 'backbone.layers.0.0.op.linear.weight'
+        want = (epoch_ckpt['ema_state_dict'][f'module.{key}'] if raw
+                else epoch_ckpt['state_dict'][key])
+        assert torch.equal(saved['state_dict'][key], want), best.name
+        assert not torch.equal(epoch_ckpt['state_dict'][key],
+                               epoch_ckpt['ema_state_dict'][f'module.{key}'])
+
+
 def test_dist_train_runs_two_cpu_processes(classifier):
     work_dir = classifier['tmp'] / 'dist'
     done = run_tool('bash', ROOT / 'tools/dist_train.sh', classifier['config'], '2',

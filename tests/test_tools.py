@@ -233,6 +233,18 @@ def test_sync_bn_becomes_bn_with_every_change_logged(logged):
     assert 'env_cfg' not in cfg and 'model_wrapper_cfg' not in cfg  # one process: no group
 
 
+def test_mixed_precision_falls_back_to_float32_on_cpu(logged):
+    cfg = Config.fromfile(str(ROOT / 'configs/classification/vheat-t_16xb128_in1k.py'))
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'  # the paper configs' default
+    change = ('optim_wrapper: AmpOptimWrapper -> OptimWrapper (float32: mixed precision with a '
+              'loss scaler needs CUDA)')
+    assert tool_config.adapt_to_cpu(cfg) == [change]
+    assert logged == [f'no CUDA, config changed to run on CPU: {change}']
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    assert 'dtype' not in cfg.optim_wrapper and cfg.optim_wrapper.clip_grad == dict(max_norm=5.0)
+    assert tool_config.train_in_float32(cfg) == []
+
+
 def test_distributed_cpu_runs_get_gloo_and_ddp_without_device_ids(logged):
     cfg = config(model=UPERNET_MODEL, launcher='pytorch', find_unused_parameters=True,
                  env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60)))

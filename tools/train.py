@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
 from vheat_mm.checkpoint import CheckpointError, strict_loading
 from vheat_mm.mm import tool_config
@@ -25,17 +23,15 @@ def parse_args() -> argparse.Namespace:
                         help='resume from this checkpoint; without a value, from the latest '
                              'checkpoint in the work directory')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); '
+                             'without CUDA, float32 with a warning')
     parser.add_argument('--strict', action='store_true',
                         help='fail when a checkpoint fits the model badly: under 90%% of the '
                              'model\'s tensors loaded, or over 10%% of its own unused (default: '
                              'a warning)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
-    args = tool_config.parse_tool_args(parser)
-    if args.amp and not torch.cuda.is_available():
-        parser.error('--amp needs CUDA (mmengine\'s AmpOptimWrapper does not run on CPU)')
-    return args
+    return tool_config.parse_tool_args(parser)
 
 
 def main() -> None:

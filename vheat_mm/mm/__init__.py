@@ -2,8 +2,8 @@
 
 Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
 ``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
-mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook`` and
-``RequireRunnerCheckpointHook``.
+mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook``,
+``RequireRunnerCheckpointHook`` and ``RawAndEMAHook``.
 mmengine then reads local and http(s) checkpoints through vheat_mm's safe reader, also in the
 toolboxes' own tools (:mod:`.safe_load`), loads official vHeat checkpoints into any model and
 says how well a checkpoint fits (:mod:`.state_dict_loading`), and shows vheat_mm's log records
@@ -32,6 +32,7 @@ def register_all() -> tuple[str, ...]:
 
     from .backbone import VHeatBackbone, build_official_backbone
     from .checkpoint_hook import AtomicCheckpointHook
+    from .ema_hook import RawAndEMAHook
     from .reporting import forward_logs_to_mmengine, one_line_checkpoint_errors
     from .safe_load import allow_mmengine_checkpoints, use_weights_only_loading
     from .state_dict_loading import RequireRunnerCheckpointHook, use_vheat_state_dict_loading
@@ -41,7 +42,7 @@ def register_all() -> tuple[str, ...]:
     use_vheat_state_dict_loading()
     forward_logs_to_mmengine()
     one_line_checkpoint_errors()
-    for hook in (AtomicCheckpointHook, RequireRunnerCheckpointHook):
+    for hook in (AtomicCheckpointHook, RequireRunnerCheckpointHook, RawAndEMAHook):
         if hook.__name__ not in HOOKS.module_dict:
             HOOKS.register_module(module=hook)
     done = []

@@ -7,7 +7,8 @@ The toolbox is the config's ``default_scope``. Each step follows that toolbox's 
 :class:`ToolboxProfile` in :data:`TOOLBOX_PROFILES`.
 
 Without CUDA, :func:`adapt_to_cpu` rewrites the config so that training and testing run on CPU,
-also with several processes: BN instead of SyncBN and, for several processes, the ``gloo``
+also with several processes: BN instead of SyncBN, float32 instead of mixed precision
+(``AmpOptimWrapper``) and, for several processes, the ``gloo``
 backend instead of ``nccl`` and DDP without ``device_ids``. :func:`build_runner` applies it
 and, for a distributed launch, initialises the process group with mmengine's own launcher code
 (see :func:`init_distributed_without_cuda`).
@@ -47,7 +48,8 @@ __all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES',
            'enable_amp', 'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
            'use_atomic_checkpoints',
-           'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'adapt_to_cpu',
+           'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'train_in_float32',
+           'adapt_to_cpu',
            'init_distributed_without_cuda', 'build_runner', 'close_distributed']
 
 
@@ -404,13 +406,29 @@ def replace_sync_bn(cfg: Config) -> list[str]:
     return changes
 
 
+def train_in_float32(cfg: Config) -> list[str]:
+    """Replace ``AmpOptimWrapper`` by ``OptimWrapper`` (float32, no loss scale).
+
+    mmengine's ``AmpOptimWrapper`` (float16 autocast with a loss scaler) refuses to be built
+    without CUDA (or an NPU, MLU or MUSA device). Returns the change.
+    """
+    wrapper = cfg.get('optim_wrapper')
+    if not isinstance(wrapper, dict) or wrapper.get('type') != 'AmpOptimWrapper':
+        return []
+    wrapper.type = 'OptimWrapper'
+    for key in ('loss_scale', 'dtype', 'use_fsdp'):
+        wrapper.pop(key, None)
+    return ['optim_wrapper: AmpOptimWrapper -> OptimWrapper (float32: mixed precision with a '
+            'loss scaler needs CUDA)']
+
+
 def adapt_to_cpu(cfg: Config) -> list[str]:
     """Rewrite ``cfg`` to run without CUDA and log each change; returns them.
 
-    BN for SyncBN; for a distributed launch (``cfg.launcher`` not 'none') also the gloo backend
-    and DDP without device_ids.
+    BN for SyncBN, float32 training for ``AmpOptimWrapper``; for a distributed launch
+    (``cfg.launcher`` not 'none') also the gloo backend and DDP without device_ids.
     """
-    changes = replace_sync_bn(cfg)
+    changes = replace_sync_bn(cfg) + train_in_float32(cfg)
     if cfg.get('launcher', 'none') != 'none':
         changes += use_gloo_backend(cfg) + ddp_without_device_ids(cfg)
     for change in changes:
