@@ -10,7 +10,6 @@ and runs. The configs are read from a checkout of the official repository named 
 import importlib
 import logging
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
+from helpers import ROOT, load_script
 from vheat_mm.models import VHeat
 
 CHECKOUT = Path(os.environ.get('VHEAT_OFFICIAL_CHECKOUT', '/nonexistent'))
@@ -32,12 +32,7 @@ OFFICIAL = {
     'segmentation/configs/vheat/upernet_vheat_160k_ade20k_512x512_small.py': ('mmseg', 'small', 86.26),
     'segmentation/configs/vheat/upernet_vheat_160k_ade20k_512x512_base.py': ('mmseg', 'base', 128.82),
 }
-IMPORTS = "\ncustom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)\n"
-
-
-def fix_base(text: str, toolbox: str) -> str:
-    """What a user changes: the relative Swin ``_base_`` becomes the toolbox's packaged one."""
-    return re.sub(r"'(?:\.\./|\./)(swin/[^']+)'", rf"'{toolbox}::\1'", text) + IMPORTS
+fix_base = load_script(ROOT / 'tools/analysis_tools/recipes.py').fix_base
 
 
 @pytest.fixture(scope='module')
