@@ -281,8 +281,10 @@ def classification_rows(cfg: Config, off: dict) -> list[Row]:
     backbone, optim = cfg.model.backbone, cfg.optim_wrapper
     optimizer = optim.optimizer
     warmup, cosine = cfg.param_scheduler
-    per = cfg.auto_scale_lr.base_batch_size if cfg.auto_scale_lr.get('enable') else None
-    lr512 = optimizer.lr * 512 / (per or 2048)
+    # auto_scale_lr.base_batch_size: the total batch that lr is for (scaled only when enabled)
+    base_batch = cfg.auto_scale_lr.base_batch_size
+    per = base_batch if cfg.auto_scale_lr.get('enable') else None
+    lr512 = optimizer.lr * 512 / base_batch
     train, test = cfg.train_dataloader.dataset.pipeline, cfg.test_dataloader.dataset.pipeline
     crop = next(t for t in train if t['type'] == 'RandomResizedCrop')
     erase = next(t for t in train if t['type'] == 'RandomErasing')
