@@ -13,7 +13,7 @@ import torch
 from mmengine.runner import load_checkpoint
 
 from helpers import MINI_POST
-from vheat_mm.checkpoint import load_pretrained
+from vheat_mm.checkpoint import CheckpointError, load_pretrained
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import FREQ_EMBED_FITS, VHeat, VHeatFeatures
 
@@ -87,21 +87,29 @@ def test_init_cfg_and_load_pretrained(source, tmp_path, caplog):
     assert_fitted(backbone, source, 128)
     # load_pretrained fits and reports first, so the hook finds nothing left to resize
     assert not resize_records(caplog)
-    assert any('resized (bicubic) to the model: freq_embed.0 (16, 16, 8) -> (32, 32, 8)'
+    assert any('freq_embed fitted (bicubic) to the model: freq_embed.0 (16, 16, 8) -> (32, 32, 8)'
                in r.getMessage() for r in caplog.records)
     other = VHeatFeatures(MINI_POST, img_size=256)
     load_pretrained(other, path)
     assert_fitted(other, source, 256)
     padded = VHeatFeatures(MINI_POST, img_size=256, freq_embed_fit='pad')
-    load_pretrained(padded, path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='vheat_mm'):
+        load_pretrained(padded, path)
     assert_fitted(padded, source, 256, 'pad')
+    assert 'freq_embed fitted (pad) to the model: freq_embed.0 (16, 16, 8) -> (64, 64, 8)' \
+        in caplog.text
 
 
-def test_pad_refuses_to_shrink_and_an_unknown_fit_is_named(source):
+def test_pad_refuses_to_shrink_and_an_unknown_fit_is_named(source, tmp_path):
     target = VHeat(MINI_POST, img_size=32, num_classes=5, freq_embed_fit='pad')
     with pytest.raises(ValueError, match=r"'pad' cannot shrink freq_embed.0 of shape \(16, 16, 8\) "
                                          r"to the model's \(8, 8, 8\)"):
         target.load_state_dict(source.state_dict())
+    path = tmp_path / 'larger.pth'
+    torch.save(dict(model=source.state_dict()), path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: freq_embed_fit='pad' cannot shrink"):
+        load_pretrained(target, path)
     with pytest.raises(ValueError, match=r"freq_embed_fit must be one of \['pad', 'bicubic'\], "
                                          r"got 'crop'"):
         VHeat(MINI_POST, freq_embed_fit='crop')

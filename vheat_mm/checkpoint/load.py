@@ -27,12 +27,14 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    fit_mode: str = 'bicubic'
 
     def lines(self) -> list[str]:
         out = [f'loaded vHeat weights from {self.path}: {self.loaded} of the model\'s '
                f'{self.total} tensors']
         if self.resized:
-            out.append('resized (bicubic) to the model: ' + ', '.join(self.resized))
+            out.append(f'freq_embed fitted ({self.fit_mode}) to the model: '
+                       + ', '.join(self.resized))
         out.extend(self.mismatch_lines())
         return out
 
@@ -53,7 +55,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
 
     ``entry`` picks the state dict of a checkpoint that holds several (an official one's
     ``model_ema``, read by default where present, or ``model``; see
-    :mod:`~vheat_mm.checkpoint.layout`). freq_embed tensors of another resolution are resized.
+    :mod:`~vheat_mm.checkpoint.layout`). freq_embed tensors of another resolution are fitted as the model's ``freq_embed_fit`` says.
     Tensors whose shapes cannot fit raise :class:`CheckpointError` naming every such key. A
     checkpoint that fills fewer than 90% of the model's tensors, or more than 10% of whose
     tensors the model does not use, logs a warning
@@ -61,7 +63,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     or unexpected key, raises. The returned :class:`LoadReport` lists what was not loaded.
     """
     state_dict = select_prefix(find_state_dict(read_checkpoint(path), entry), prefix)
-    converted = checkpoint_filter_fn(state_dict, model)
+    try:
+        converted = checkpoint_filter_fn(state_dict, model)
+    except ValueError as err:  # e.g. a freq_embed larger than the model's, under 'pad'
+        raise CheckpointError(f'{path}: {err}') from None
     own = model.state_dict()
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in converted.items() if k in own and v.shape != own[k].shape]
@@ -76,6 +81,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
         unexpected=sorted(set(converted) - set(own)),
         resized=[f'{k} {tuple(state_dict[k].shape)} -> {tuple(converted[k].shape)}'
                  for k in converted if converted[k] is not state_dict[k]],
+        fit_mode=getattr(model, 'freq_embed_fit', 'bicubic'),
     )
     check_fit(report.path, own, converted, strict=strict)
     if strict and (report.missing or report.unexpected):
