@@ -264,3 +264,15 @@ def test_an_unknown_layout_is_an_error_on_mmengine_paths(tmp_path):
                                               r"checkpoint .*top-level keys: \['epoch', "
                                               r"'weights'\]"):
         load_checkpoint(mmpretrain_classifier(), str(path))
+
+
+def test_the_classification_inferencer_takes_the_file_as_pretrained(training_checkpoint):
+    from mmengine.config import Config
+    from mmpretrain.apis import ImageClassificationInferencer
+
+    cfg = Config.fromfile(str(CONFIGS / 'classification/vheat-t_16xb128_in1k.py'))
+    cfg.model.backbone.update(arch=mini_arch(CONFIG), img_size=CONFIG['img_size'])
+    cfg.model.head.update(num_classes=CONFIG['num_classes'], in_channels=DIMS[-1])
+    inferencer = ImageClassificationInferencer(model=cfg, pretrained=str(training_checkpoint),
+                                               device='cpu')
+    assert_official_logits(official_logits(inferencer.model, 'tensor'))
