@@ -273,6 +273,7 @@ def test_the_classification_inferencer_takes_the_file_as_pretrained(training_che
     cfg = Config.fromfile(str(CONFIGS / 'classification/vheat-t_16xb128_in1k.py'))
     cfg.model.backbone.update(arch=mini_arch(CONFIG), img_size=CONFIG['img_size'])
     cfg.model.head.update(num_classes=CONFIG['num_classes'], in_channels=DIMS[-1])
-    inferencer = ImageClassificationInferencer(model=cfg, pretrained=str(training_checkpoint),
-                                               device='cpu')
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # earlier tests ran mmdet's
+        inferencer = ImageClassificationInferencer(model=cfg, pretrained=str(training_checkpoint),
+                                                   device='cpu')
     assert_official_logits(official_logits(inferencer.model, 'tensor'))
