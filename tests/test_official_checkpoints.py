@@ -260,9 +260,9 @@ def test_resume_from_an_official_file_is_refused(training_checkpoint, tmp_path):
 def test_an_unknown_layout_is_an_error_on_mmengine_paths(tmp_path):
     path = tmp_path / 'odd.pth'
     torch.save(dict(weights=plain_model().state_dict(), epoch=3), path)
-    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*odd.pth: it is neither a runner "
-                                              r"checkpoint .*top-level keys: \['epoch', "
-                                              r"'weights'\]"):
+    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*odd.pth: it is neither "
+                                              r"a runner checkpoint .*top-level keys: "
+                                              r"\['epoch', 'weights'\]"):
         load_checkpoint(mmpretrain_classifier(), str(path))
 
 

@@ -25,10 +25,7 @@ def parse_args() -> argparse.Namespace:
                                       'mmseg: directory for the predicted maps')
     parser.add_argument('--show-dir', help='directory for painted predictions')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument('--strict', action='store_true',
-                        help='fail when a checkpoint fits the model badly: under 90%% of the '
-                             'model\'s tensors loaded, or over 10%% of its own unused (default: '
-                             'a warning)')
+    tool_config.add_strict_argument(parser)
     return tool_config.parse_tool_args(parser)
 
 

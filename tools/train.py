@@ -1,7 +1,7 @@
 """Train with mmdet, mmseg or mmpretrain (the config's ``default_scope`` picks the toolbox).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr] [--strict]
-        [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+        [--strict] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Several processes: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``. Runs
 on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.tool_config`.
@@ -25,10 +25,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); '
                              'without CUDA, float32 with a warning')
-    parser.add_argument('--strict', action='store_true',
-                        help='fail when a checkpoint fits the model badly: under 90%% of the '
-                             'model\'s tensors loaded, or over 10%% of its own unused (default: '
-                             'a warning)')
+    tool_config.add_strict_argument(parser)
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
     return tool_config.parse_tool_args(parser)

@@ -4,9 +4,9 @@ Usage: python tools/model_converters/vheat_to_mmpretrain.py SRC DST [--entry mod
 
 Reads SRC with weights_only=True (a path or http(s) URL; also a file the official training code
 wrote, with its yacs config), takes its ``model_ema`` entry where present (the weights the
-official release reports top-1 for) and otherwise ``model``, or the entry given by --entry, maps ``classifier.0`` / ``classifier.3`` to ``backbone.outnorm3`` / ``head.fc`` and
-every other key under ``backbone.``, and writes ``{'state_dict': ..., 'meta': ...}`` to DST
-atomically. The result loads into configs/classification/vheat-*_16xb128_in1k.py.
+official release reports top-1 for) and otherwise ``model``, or the entry given by --entry,
+maps ``classifier.0`` / ``classifier.3`` to ``backbone.outnorm3`` / ``head.fc`` and every
+other key under ``backbone.``, and writes ``{'state_dict': ..., 'meta': ...}`` to DST atomically. The result loads into configs/classification/vheat-*_16xb128_in1k.py.
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from ..models import fit_freq_embeds, pad_freq_embed, resize_freq_embed
 from .errors import CheckpointError
 from .layout import LAYOUTS, find_freq_embeds
 
-__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'official_to_mmpretrain', 'official_to_model',
-           'check_downstream_sizes', 'convert_freq_embeds']
+__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'official_to_mmpretrain',
+           'official_to_model', 'check_downstream_sizes', 'convert_freq_embeds']
 
 CONVERSION_MODES = ('pad', 'bicubic')
 _SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is an integer

@@ -55,8 +55,9 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
 
     ``entry`` picks the state dict of a checkpoint that holds several (an official one's
     ``model_ema``, read by default where present, or ``model``; see
-    :mod:`~vheat_mm.checkpoint.layout`). freq_embed tensors of another resolution are fitted as the model's ``freq_embed_fit`` says.
-    Tensors whose shapes cannot fit raise :class:`CheckpointError` naming every such key. A
+    :mod:`~vheat_mm.checkpoint.layout`). freq_embed tensors of another resolution are fitted
+    as the model's ``freq_embed_fit`` says. Tensors whose shapes cannot fit raise
+    :class:`CheckpointError` naming every such key. A
     checkpoint that fills fewer than 90% of the model's tensors, or more than 10% of whose
     tensors the model does not use, logs a warning
     (:func:`~vheat_mm.checkpoint.fit.check_fit`); with ``strict=True`` that, and any missing

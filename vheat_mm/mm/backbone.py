@@ -78,7 +78,8 @@ class VHeatBackbone(VHeatFeatures):
     present, or ``'model'``), an mmengine checkpoint (with or without ``backbone.``) or a plain
     state dict when the runner calls :meth:`init_weights`, with
     :func:`~vheat_mm.checkpoint.load_pretrained`: freq_embed is fitted to ``img_size``, every
-    key not loaded is logged, and a checkpoint that fits badly warns (``strict``: fails). Other init types go to mmengine's ``initialize``.
+    key not loaded is logged, and a checkpoint that fits badly warns (``strict``: fails).
+    Other init types go to mmengine's ``initialize``.
     ``check_finite=True`` (a debugging aid) raises on the first NaN or inf in the input or a
     stage's output. The other keywords are those of :class:`~vheat_mm.models.VHeatFeatures`;
     an unknown keyword is a TypeError listing the allowed ones.

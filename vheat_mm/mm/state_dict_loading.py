@@ -118,15 +118,14 @@ def load_state_dict(module: nn.Module, state_dict: Mapping, strict: bool = False
     source = source_of(state_dict)
     if state_dict and not is_state_dict(state_dict):
         raise CheckpointError(
-            f'cannot load checkpoint {source}: it is neither a runner checkpoint (with \'state_dict\') nor '
-            f'of a known layout (entries {", ".join(STATE_DICT_ENTRIES)}) nor a state dict; '
-            f'top-level keys: {sorted(map(str, state_dict))[:20]}')
+            f"cannot load checkpoint {source}: it is neither a runner checkpoint (with "
+            f"'state_dict') nor of a known layout (entries {', '.join(STATE_DICT_ENTRIES)}) "
+            f'nor a state dict; top-level keys: {sorted(map(str, state_dict))[:20]}')
     model_keys = [k for k in _unwrapped(module).state_dict()
                   if not k.endswith('num_batches_tracked')]
     converted, how = official_to_model(state_dict, model_keys)
     if how is not None:
-        _logger.info('%s: official vHeat keys loaded as the model\'s (%s)',
-                                         source, how)
+        _logger.info("%s: official vHeat keys loaded as the model's (%s)", source, how)
         metadata = getattr(state_dict, '_metadata', None)
         converted = OrderedDict(converted)
         if metadata is not None:

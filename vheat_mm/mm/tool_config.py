@@ -43,7 +43,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 __all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES', 'LAUNCHERS',
-           'add_launch_arguments', 'export_local_rank', 'parse_tool_args', 'load_config',
+           'add_launch_arguments', 'add_strict_argument', 'export_local_rank',
+           'parse_tool_args', 'load_config',
            'load_tool_config', 'select_toolbox',
            'enable_amp', 'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
@@ -132,6 +133,15 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def add_strict_argument(parser: argparse.ArgumentParser) -> None:
+    """``--strict``: a checkpoint that fits the model badly is an error, not a warning (run the
+    tool inside :func:`~vheat_mm.checkpoint.strict_loading` with its value)."""
+    parser.add_argument('--strict', action='store_true',
+                        help='fail when a checkpoint fits the model badly: under 90%% of the '
+                             'model\'s tensors loaded, or over 10%% of its own unused (default: '
+                             'a warning)')
 
 
 def export_local_rank(args: argparse.Namespace) -> None:

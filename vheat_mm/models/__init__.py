@@ -11,7 +11,7 @@ from .heat_operator import CacheBudget, HeatConductionOperator, HeatContext, Ten
 from .vheat import (ARCH_SETTINGS, FREQ_EMBED_FITS, Arch, VHeat, VHeatFeatures, VHeatTrunk,
                     fit_freq_embeds, resolve_arch)
 
-__all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'CacheBudget', 'HeatConductionOperator', 'HeatContext',
-           'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
-           'fit_freq_embeds', 'heat_conduction', 'heat_decay_map', 'pad_freq_embed', 'resize_freq_embed',
-           'resolve_arch']
+__all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'CacheBudget', 'HeatConductionOperator',
+           'HeatContext', 'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
+           'fit_freq_embeds', 'heat_conduction', 'heat_decay_map', 'pad_freq_embed',
+           'resize_freq_embed', 'resolve_arch']
