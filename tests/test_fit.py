@@ -73,6 +73,26 @@ def test_a_deeper_arch_and_an_empty_state_dict_warn(tmp_path, caplog):
     assert "0 of the model's" in empty_warning and 'empty.pth' in empty_warning
 
 
+def test_keys_of_other_shapes_count_as_not_loaded_on_mmengine_paths(tmp_path, caplog):
+    """As vHeat-B is to vHeat-T: the same keys, other widths (mmengine skips those tensors)."""
+    wider = tmp_path / 'wider.pth'
+    torch.save(dict(model=VHeat(dict(MINI, dims=16), img_size=64).state_dict()), wider)
+    with caplog.at_level(logging.WARNING):
+        load_checkpoint(VHeat(MINI, img_size=64), str(wider))
+    [warning] = fit_warnings(caplog)
+    assert 'wider.pth' in warning.getMessage()
+    with strict_loading(), pytest.raises(CheckpointError, match='fits the model badly'):
+        load_checkpoint(VHeat(MINI, img_size=64), str(wider))
+    # a freq_embed of another resolution, which the load hook fits, does load
+    caplog.clear()
+    other_size = tmp_path / 'other_size.pth'
+    torch.save(dict(model=VHeat(MINI, img_size=128).state_dict()), other_size)
+    with caplog.at_level(logging.WARNING), strict_loading():
+        load_checkpoint(VHeat(MINI, img_size=64), str(other_size))
+        load_checkpoint(VHeat(MINI, img_size=256, freq_embed_fit='pad'), str(other_size))
+    assert not fit_warnings(caplog)
+
+
 def test_a_good_fit_is_quiet(tmp_path, caplog):
     path = tmp_path / 'same.pth'
     torch.save(dict(model=VHeat(MINI, img_size=64).state_dict()), path)

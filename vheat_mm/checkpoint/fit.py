@@ -39,12 +39,13 @@ def strict_loading_enabled() -> bool:
 
 
 def check_fit(source: str, model_keys: Collection[str], checkpoint_keys: Collection[str], *,
-              strict: bool = False) -> None:
+              mismatched: Collection[str] = (), strict: bool = False) -> None:
     """Warn, or raise under ``strict`` (or :func:`strict_loading`), when the checkpoint's keys
     fill fewer than :data:`MIN_FIT` of the model's, or the model uses fewer than
-    :data:`MIN_FIT` of the checkpoint's."""
+    :data:`MIN_FIT` of the checkpoint's. Keys in ``mismatched`` (a shape the model's cannot
+    take) count as not loaded."""
     model_keys, checkpoint_keys = set(model_keys), set(checkpoint_keys)
-    loaded = len(model_keys & checkpoint_keys)
+    loaded = len((model_keys & checkpoint_keys) - set(mismatched))
     if not model_keys or (loaded >= MIN_FIT * len(model_keys)
                           and loaded >= MIN_FIT * len(checkpoint_keys)):
         return

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import (LAYOUTS, STATE_DICT_ENTRIES, CheckpointError, check_fit, find_layout,
                           is_state_dict, official_to_model)
+from ..models import VHeatTrunk, fit_freq_embeds
 
 __all__ = ['LAYOUT_MARK', 'RequireRunnerCheckpointHook', 'load_state_dict', 'remember_source',
            'runner_layout', 'source_of', 'use_vheat_state_dict_loading']
@@ -121,8 +122,10 @@ def load_state_dict(module: nn.Module, state_dict: Mapping, strict: bool = False
             f"cannot load checkpoint {source}: it is neither a runner checkpoint (with "
             f"'state_dict') nor of a known layout (entries {', '.join(STATE_DICT_ENTRIES)}) "
             f'nor a state dict; top-level keys: {sorted(map(str, state_dict))[:20]}')
-    model_keys = [k for k in _unwrapped(module).state_dict()
-                  if not k.endswith('num_batches_tracked')]
+    target = _unwrapped(module)
+    own = {k: v.shape for k, v in target.state_dict().items()
+           if not k.endswith('num_batches_tracked')}
+    model_keys = list(own)
     converted, how = official_to_model(state_dict, model_keys)
     if how is not None:
         _logger.info("%s: official vHeat keys loaded as the model's (%s)", source, how)
@@ -132,7 +135,23 @@ def load_state_dict(module: nn.Module, state_dict: Mapping, strict: bool = False
             converted._metadata = metadata
     _MMENGINE_LOAD_STATE_DICT(module, converted, strict, logger)
     check_fit(source, model_keys, [k for k, v in converted.items() if isinstance(v, Tensor)],
-              strict=strict)
+              mismatched=_mismatched(target, converted, own), strict=strict)
+
+
+def _mismatched(model: nn.Module, state_dict: Mapping, own: Mapping) -> list[str]:
+    """Keys of ``state_dict`` whose tensors the model cannot take (mmengine skips them, with a
+    warning): another shape than the model's once the vHeat trunks' load hook has fitted
+    freq_embed (:func:`~vheat_mm.models.fit_freq_embeds`, run here on a copy)."""
+    fitted = dict(state_dict)
+    for name, trunk in model.named_modules():
+        if isinstance(trunk, VHeatTrunk):
+            try:
+                fit_freq_embeds(fitted, f'{name}.' if name else '', trunk.freq_embed,
+                                trunk.freq_embed_fit)
+            except ValueError:  # the load hook has raised it already
+                pass
+    return [k for k, v in fitted.items()
+            if k in own and isinstance(v, Tensor) and v.shape != own[k]]
 
 
 _MMENGINE_LOAD_STATE_DICT = None
