@@ -4,7 +4,8 @@
   code's yacs config read as a plain dict), and one line on why a file is refused (the unsafe
   globals torch lists, NaN or inf weights) or cannot be read (empty, truncated...).
 - :mod:`.download`: an http(s) URL is downloaded once into torch hub's checkpoint cache, as
-  mmengine does, checked against its sha256, then read the same way.
+  mmengine does, kept only if complete and readable, its sha256 recorded and checked on every
+  use, then read the same way.
 - :mod:`.layout`: the table of checkpoint layouts: the official one (``{'model': state_dict,
   ...}``, also ``model_ema``), mmengine's (``{'state_dict': ..., 'meta': ...}``, keys with or
   without a ``backbone.`` prefix), DeepSpeed's (``module``) and a bare state dict.
