@@ -1,7 +1,8 @@
 """vHeat through timm (``timm.create_model('vheat_tiny', ...)``) and torch.hub (``hubconf.py``).
 
-Nothing is downloaded: the official weights come from the official reference fixture, given
-to timm as a local file (``pretrained_cfg_overlay=dict(file=...)``).
+Nothing is downloaded from the internet: the official weights come from the official reference
+fixture, given to timm as a local file (``pretrained_cfg_overlay=dict(file=...)``), and the
+hub's URL case reads from a server on 127.0.0.1.
 """
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 timm = pytest.importorskip('timm')
 
 import vheat_mm  # noqa: E402  (registers the timm models)
-from helpers import ROOT, load_script, mini_arch  # noqa: E402
-from vheat_mm.checkpoint import PRETRAINED_URLS  # noqa: E402
+from helpers import ROOT, CountingServer, load_script, mini_arch, remove_checkpoints  # noqa: E402
+from vheat_mm.checkpoint import PRETRAINED_URLS, CheckpointError  # noqa: E402
 
 NAMES = ['vheat_tiny', 'vheat_small', 'vheat_base']
 
@@ -74,3 +75,30 @@ def test_torch_hub_entry_points():
     hubconf = load_script(ROOT / 'hubconf.py')
     assert hubconf.dependencies == ['torch']
     assert all(callable(getattr(hubconf, name)) for name in NAMES)
+
+
+def test_torch_hub_pretrained_path_url_and_release(tmp_path, monkeypatch):
+    """pretrained=PATH or URL loads that checkpoint; pretrained=True the release, here a file
+    under its name in the hub cache that does not fit the model."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    release = tmp_path / 'torch' / 'hub' / 'checkpoints' / 'vHeat_tiny.pth'
+    release.parent.mkdir(parents=True)
+    torch.save(dict(model={'other': torch.zeros(1)}), release)
+    (tmp_path / 'www').mkdir()
+    weights = {k: v + 1 if v.is_floating_point() else v
+               for k, v in vheat_mm.VHeat('tiny', num_classes=5, img_size=64).state_dict().items()}
+    torch.save(dict(model=weights), tmp_path / 'www' / 'mine.pth')
+    try:
+        with CountingServer(tmp_path / 'www') as server:
+            for pretrained in (str(tmp_path / 'www' / 'mine.pth'), server.url('mine.pth')):
+                model = torch.hub.load(str(ROOT), 'vheat_tiny', source='local',
+                                       pretrained=pretrained, num_classes=5, img_size=64)
+                loaded = model.state_dict()
+                assert loaded.keys() == weights.keys()
+                assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+            assert server.counts['/mine.pth'] == 1
+        with pytest.raises(CheckpointError, match='fits the model badly') as error:
+            torch.hub.load(str(ROOT), 'vheat_tiny', source='local', pretrained=True, img_size=64)
+        assert PRETRAINED_URLS['tiny'] in str(error.value)
+    finally:
+        remove_checkpoints(tmp_path)
