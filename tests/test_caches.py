@@ -104,3 +104,133 @@ def test_caches_work_again_after_training(deploy):
         for a, b in zip(model(x), expected):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert model.cached_nbytes() > 0
+
+
+# --- a cached derivative never outlives the values it derives from -------------------------------
+
+def reference_outputs(model: VHeatFeatures, x: torch.Tensor, params=None) -> tuple:
+    """What a freshly built model with ``model``'s weights (or ``params``) outputs for x."""
+    fresh = VHeatFeatures(MINI, img_size=64).eval()
+    fresh.load_state_dict(params if params is not None else model.state_dict())
+    with torch.no_grad():
+        return fresh(x)
+
+
+def assert_outputs(out, expected) -> None:
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b)
+
+
+def evaluated(x: torch.Tensor) -> VHeatFeatures:
+    """A model whose caches hold what a no_grad forward at x's size derived."""
+    model = VHeatFeatures(MINI, img_size=64).eval()
+    with torch.no_grad():
+        for p in model.freq_embed:
+            p.normal_()
+        model(x)
+    assert model.cached_nbytes() > 0
+    return model
+
+
+X = torch.randn(1, 3, 96, 80)  # another size than img_size: the resized freq_embed is cached
+
+
+@pytest.mark.parametrize('edited', ['freq_embed', 'to_k'])
+def test_an_edit_through_data_changes_the_output(edited):
+    """``p.data.mul_`` (pruning, weight surgery) bumps no version counter."""
+    model = evaluated(X)
+    with torch.no_grad():
+        before = model(X)
+    for name, p in model.named_parameters():
+        if edited in name:
+            p.data.mul_(0.5 if edited == 'freq_embed' else 0.0)
+    with torch.no_grad():
+        out = model(X)
+    assert_outputs(out, reference_outputs(model, X))
+    assert not torch.allclose(out[0], before[0])
+
+
+def test_functional_call_with_fresh_tensors_uses_their_values():
+    """Fresh tensors of each call may reuse the addresses of the last call's freed ones."""
+    model = evaluated(X)
+    state = model.state_dict()
+    wrong = 0
+    for seed in range(8):
+        gen = torch.Generator().manual_seed(seed)
+        params = {k: v.clone() for k, v in state.items()}
+        for k, v in params.items():
+            if 'freq_embed' in k or 'to_k' in k:
+                v.add_(torch.randn(v.shape, generator=gen), alpha=0.5)
+        with torch.no_grad():
+            out = torch.func.functional_call(model, params, (X,))
+        expected = reference_outputs(model, X, params)
+        wrong += not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                         for a, b in zip(out, expected))
+        del params, out
+    assert wrong == 0, f'{wrong} of 8 calls gave the output of other weights'
+
+
+class Scaled(torch.nn.Module):
+    """A parametrization whose state changes: weight * scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer('scale', torch.tensor(1.0))
+
+    def forward(self, weight):
+        return weight * self.scale
+
+
+def test_a_parametrization_of_to_k_is_followed():
+    from torch.nn.utils import parametrize
+
+    model = evaluated(X)
+    raw = model.state_dict()
+    parametrizations = []
+    for block in model.blocks():
+        parametrizations.append(Scaled())
+        parametrize.register_parametrization(block.op.to_k[0], 'weight', parametrizations[-1])
+    with torch.no_grad():
+        model(X)
+        for p in parametrizations:
+            p.scale.fill_(3.0)
+        out = model(X)
+    expected_state = {k: 3 * v if k.endswith('to_k.0.weight') else v for k, v in raw.items()}
+    assert_outputs(out, reference_outputs(model, X, expected_state))
+
+
+def test_emahook_parameter_swap_is_followed():
+    """mmengine's EMAHook swaps the raw and averaged weights through ``.data`` for validation."""
+    from types import SimpleNamespace
+
+    pytest.importorskip('mmengine')
+    from mmengine.hooks import EMAHook
+
+    model = evaluated(X)
+    runner = SimpleNamespace(model=model)
+    hook = EMAHook(momentum=0.5)
+    hook.before_run(runner)
+    with torch.no_grad():
+        for p in hook.ema_model.module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        ema_state = {k: v.clone() for k, v in hook.ema_model.module.state_dict().items()}
+        model(X)  # caches what the raw weights derive
+    hook.before_val_epoch(runner)  # the averaged weights into the model
+    with torch.no_grad():
+        out = model(X)
+    assert_outputs(out, reference_outputs(model, X, ema_state))
+    hook.after_val_epoch(runner)  # and back
+
+
+def test_the_deploy_form_folds_and_train_restores_the_trainable_form():
+    model = VHeatFeatures(MINI, img_size=64)
+    model.patch_embed.requires_grad_(False)  # frozen before deploying, e.g. frozen_stages
+    model.switch_to_deploy()
+    assert not any(p.requires_grad for p in model.parameters())
+    model.train()
+    assert not model.deploy and model.cached_nbytes() == 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if not n.startswith('patch_embed')}
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    no_grad = [n for n in trainable if dict(model.named_parameters())[n].grad is None]
+    assert not no_grad, f'parameters without a gradient after deploy and train(): {no_grad}'

@@ -159,3 +159,57 @@ def test_every_module_with_parameters_runs_its_forward(arch, deploy):
     linear, out_linear = fired['layers.0.0.op.linear'], fired['layers.0.0.op.out_linear']
     assert [t.shape for t in linear] == [(1, 16, 16, 8)] * 2  # u and z
     assert [t.shape for t in out_linear] == [(1, 16, 16, 8)]
+
+
+def stored_by_hooks(model, x, grad: bool, global_hook: bool) -> dict:
+    """What forward hooks on every module (or one global hook) store of their outputs, as is."""
+    stored, handles = {}, []
+
+    def hook(module, args, output):
+        stored.setdefault(id(module), []).extend(tensors(output))
+
+    if global_hook:
+        handles.append(torch.nn.modules.module.register_module_forward_hook(hook))
+    else:
+        handles += [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.set_grad_enabled(grad):
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: [t.detach().clone() for t in v] for k, v in stored.items()}
+
+
+@pytest.mark.parametrize('global_hook', [False, True], ids=['module_hooks', 'global_hook'])
+@pytest.mark.parametrize('arch', list(ARCHS))
+def test_what_forward_hooks_store_under_no_grad_keeps_its_value(arch, global_hook):
+    """Feature extraction with hooks under no_grad (ERF, CAM, feature tools) sees the values
+    that the same hooks see while autograd records, where nothing runs in place."""
+    model = build(ARCHS[arch], VHeatFeatures)
+    x = torch.randn(1, 3, 64, 64)
+    reference = stored_by_hooks(model, x, grad=True, global_hook=global_hook)
+    stored = stored_by_hooks(model, x, grad=False, global_hook=global_hook)
+    assert stored.keys() == reference.keys()
+    changed = [k for k in stored if any(not torch.equal(a, b)
+                                        for a, b in zip(stored[k], reference[k]))]
+    assert not changed, f'{len(changed)} of {len(stored)} modules\' outputs were overwritten'
+
+
+def test_without_hooks_the_forward_still_runs_in_place():
+    """The rule's point: a no_grad forward with no hook updates in place (fewer allocations)."""
+    model = build(MINI, VHeatFeatures)
+    calls = []
+    original = torch.Tensor.mul_
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.mul_ = counting
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+    finally:
+        torch.Tensor.mul_ = original
+    assert calls, 'the attenuation was not applied in place'

@@ -5,12 +5,21 @@ The HCO spreads a stage's features u (B, H, W, C) as heat on an H x W plate for 
 the conductivity k = ReLU(Linear(FVE)) learned from the stage's frequency value embedding
 (``freq_embed``). The math is in :mod:`.heat`; this module adds the layers around it and
 keeps what it derives (bases, decay maps, resized embeddings, decay ** k) in :class:`TensorCache`
-s while the weights do not change.
+s.
+
+The cache rule (:func:`cache_sources`). Bases and decay maps depend on the feature size alone.
+A tensor derived from weights is cached only where autograd does not need it, and is used again
+only while the weights hold the values it was derived from: the entry keeps a copy of them and
+compares it, value for value, on every use. An edit through ``.data``, a ``functional_call``
+with other tensors, a parametrization or EMA's parameter swap therefore rebuilds it. In the
+deploy form (``switch_to_deploy``) the derived tensors are folded once and used without that
+comparison: the weights are frozen, and ``switch_to_deploy()`` is called again after changing
+them.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +30,7 @@ from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_
 from .layers import DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear
 
 __all__ = ['CacheBudget', 'HeatConductionOperator', 'HeatContext', 'TensorCache',
-           'build_heat_context', 'may_use_cache', 'weights_tag']
+           'build_heat_context', 'cache_sources']
 
 
 class CacheBudget:
@@ -70,18 +79,19 @@ class TensorCache(nn.Module):
     """Derived tensors kept as non-persistent buffers, keyed by name, within a byte budget.
 
     Buffers follow ``module.to()`` and stay out of the state dict. An entry is rebuilt when its
-    device or dtype no longer matches the request, or when the request's ``tag`` (e.g. the
-    versions of the weights it was derived from) differs from the one it was built with. The
+    device or dtype no longer matches the request, or when the request's ``sources`` (the
+    weights it derives from) differ in shape, dtype, device or any value from the copies kept
+    when it was built (the copies count towards the budget). The
     caches of one model share a :class:`CacheBudget` (set by the model; a cache on its own has
     its own, of ``DEFAULT_LIMIT_BYTES``). Entries never require grad and are built outside
     inference mode and with autocast off, so they can be used in any later mode and do not depend
     on the autocast state of the call that built them.
 
     While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
-    the cache is read-only: an entry of the right device and dtype is used as it is (its tag,
-    storage pointers and versions, cannot be traced and is not read), and a missing
-    one is computed in the graph without being stored (registering a buffer while tracing would
-    change the module and force a recompilation on the next call).
+    the cache is read-only and is asked for entries without sources only (the deploy form's,
+    :func:`cache_sources`): an entry of the right device and dtype is used as it is, and a
+    missing one is computed in the graph without being stored (registering a buffer while
+    tracing would change the module and force a recompilation on the next call).
     """
 
     DEFAULT_LIMIT_BYTES = 512 * 2**20
@@ -89,10 +99,10 @@ class TensorCache(nn.Module):
     def __init__(self, budget: CacheBudget | None = None):
         super().__init__()
         self.budget = budget or CacheBudget(self.DEFAULT_LIMIT_BYTES)
-        self._tags: dict[str, Hashable] = {}
+        self._sources: dict[str, tuple[Tensor, ...]] = {}
 
     def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
-            dtype: torch.dtype, tag: Hashable = None) -> Tensor:
+            dtype: torch.dtype, sources: Sequence[Tensor] = ()) -> Tensor:
         name = f'cache_{key}'
         cached = self._buffers.get(name)
         if torch.compiler.is_compiling():
@@ -101,26 +111,27 @@ class TensorCache(nn.Module):
             with torch.no_grad(), torch.autocast(device.type, enabled=False):
                 return build().to(device=device, dtype=dtype)
         if cached is not None and cached.device == device and cached.dtype == dtype \
-                and self._tags.get(name) == tag:
+                and _same_values(self._sources.get(name, ()), sources):
             self.budget.used(self, name)
             return cached
         self.drop(name)
         with torch.inference_mode(False), torch.no_grad(), \
                 torch.autocast(device.type, enabled=False):
             cached = build().to(device=device, dtype=dtype)
-        if self.budget.make_room(cached.numel() * cached.element_size()):
+            copies = tuple(t.detach().clone() for t in sources)
+        if self.budget.make_room(_nbytes(cached, *copies)):
             self.register_buffer(name, cached, persistent=False)
-            self._tags[name] = tag
+            self._sources[name] = copies
             self.budget.used(self, name)
         return cached
 
     def entry_nbytes(self, name: str) -> int:
         buf = self._buffers.get(name)
-        return 0 if buf is None else buf.numel() * buf.element_size()
+        return 0 if buf is None else _nbytes(buf, *self._sources.get(name, ()))
 
     def drop(self, name: str) -> None:
         self._buffers.pop(name, None)
-        self._tags.pop(name, None)
+        self._sources.pop(name, None)
         self.budget.forget(self, name)
 
     def clear(self) -> None:
@@ -131,30 +142,28 @@ class TensorCache(nn.Module):
         return f'entries={list(self._buffers)}'
 
 
-def weights_tag(*tensors: Tensor) -> tuple[tuple[int, int], ...] | None:
-    """Identifies the current values of ``tensors``: storage and in-place version of each.
+def _nbytes(*tensors: Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
-    Optimizer steps and ``load_state_dict`` modify parameters in place, which bumps the version,
-    so a cache tagged with this is rebuilt after them. None while ``torch.compile`` or
-    ``torch.export`` traces: storages and versions cannot be traced, and :class:`TensorCache`
-    reads no tag then.
-    """
-    if torch.compiler.is_compiling():
+
+def _same_values(kept: Sequence[Tensor], sources: Sequence[Tensor]) -> bool:
+    """Whether ``sources`` hold exactly the values of ``kept`` (and their shapes, dtypes and
+    devices); NaN equals nothing, so an entry derived from NaN is always rebuilt."""
+    return len(kept) == len(sources) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+        for a, b in zip(kept, sources))
+
+
+def cache_sources(deploy: bool, *weights: Tensor) -> tuple[Tensor, ...] | None:
+    """The cache rule (module docstring) for a tensor derived from ``weights``: None where it
+    must be computed anew (autograd needs it, or ``torch.compile`` traces outside the deploy
+    form, where values cannot be compared); otherwise the ``sources`` to give
+    :meth:`TensorCache.get`: the weights themselves, or none in the deploy form."""
+    if deploy:
+        return ()
+    if torch.compiler.is_compiling() or needs_grad(*weights):
         return None
-    return tuple((t.data_ptr(), t._version) for t in tensors)
-
-
-def may_use_cache(deploy: bool, *weights: Tensor) -> bool:
-    """Whether tensors derived from ``weights`` may come from (and go into) a :class:`TensorCache`.
-
-    Yes in the deploy form (frozen weights), and whenever autograd will not need them (no
-    gradient enabled, or none of the weights requires one); no while ``torch.compile`` or
-    ``torch.export`` traces outside the deploy form, where the weights' versions that tag an
-    entry cannot be checked.
-    """
-    if torch.compiler.is_compiling():
-        return deploy
-    return deploy or not needs_grad(*weights)
+    return weights
 
 
 class HeatContext(NamedTuple):
@@ -163,7 +172,8 @@ class HeatContext(NamedTuple):
     basis_w: Tensor      # (W, W) DCT-II basis
     log_decay: Tensor    # (H, W) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
     freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
-    freq_embed_tag: Hashable  # weights_tag of the stage's freq_embed parameter
+    freq_embed_param: Tensor  # the stage's freq_embed parameter, which freq_embed derives from
+    deploy: bool         # the deploy form: derived tensors are folded (module docstring)
 
 
 def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height: int,
@@ -171,32 +181,33 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
     """Bases, decay map and ``freq_embed`` (H', W', C) at feature size (height, width).
 
     The bases and the decay map are cached in ``cache`` per size; ``freq_embed`` resized to
-    another size is cached under ``key`` (a name of the parameter, e.g. its stage) when
-    :func:`may_use_cache`. At its own size it is used as it is (not cached: a buffer aliasing a
-    parameter would break ``torch.export``).
+    another size is cached under ``key`` (a name of the parameter, e.g. its stage) as the cache
+    rule allows (:func:`cache_sources`). At its own size it is used as it is (not cached: a
+    buffer aliasing a parameter would break ``torch.export``).
     """
     kw = dict(device=device, dtype=freq_embed.dtype)
-    tag = weights_tag(freq_embed)
-    if tuple(freq_embed.shape[:2]) == (height, width) or not may_use_cache(deploy, freq_embed):
+    sources = cache_sources(deploy, freq_embed)
+    if tuple(freq_embed.shape[:2]) == (height, width) or sources is None:
         resized = resize_freq_embed(freq_embed, (height, width))
     else:
         resized = cache.get(f'{key}_{height}x{width}',
-                            lambda: resize_freq_embed(freq_embed, (height, width)), **kw, tag=tag)
+                            lambda: resize_freq_embed(freq_embed, (height, width)), **kw,
+                            sources=sources)
     return HeatContext(
         cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
         cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
         cache.get(f'log_decay{height}x{width}', lambda: heat_log_decay_map(height, width), **kw),
-        resized, tag)
+        resized, freq_embed, deploy)
 
 
 class HeatConductionOperator(nn.Module):
     """HCO: dwconv -> linear to [u, z]; u <- IDCT(DCT(u) * decay^k); out_linear(LN(u) * SiLU(z)).
 
     k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
-    The attenuation decay^k is recomputed on every forward only when gradients may flow to the
-    weights (training). Otherwise (evaluation under ``no_grad``, and the deploy form after
-    ``switch_to_deploy``) it is computed once per feature size and kept until the weights
-    change.
+    The attenuation decay^k is recomputed on every forward when gradients may flow to the
+    weights (training). Otherwise it is cached per feature size by the cache rule (module
+    docstring): in evaluation while the weights keep their values, in the deploy form
+    (``ctx.deploy``) until ``switch_to_deploy()`` folds it again.
 
     Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (with k
     from a bfloat16 linear, decay^k is up to 9% off at single high frequencies), the DCT and
@@ -215,21 +226,21 @@ class HeatConductionOperator(nn.Module):
         self.out_norm = GatedLayerNorm(dim)
         self.out_linear = PointwiseLinear(dim, dim)
         self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
-        self.deploy = False
         self.folded = TensorCache()
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C); cached per feature size when :func:`may_use_cache`.
+        """decay ** k, shape (H, W, C); cached per feature size as :func:`cache_sources` allows.
 
         Otherwise (training, and compiled code outside the deploy form) it is computed anew.
         """
         linear = self.to_k[0]
-        if not may_use_cache(self.deploy, ctx.freq_embed, linear.weight, linear.bias):
+        sources = cache_sources(ctx.deploy, ctx.freq_embed_param, linear.weight, linear.bias)
+        if sources is None:
             return self._decay_pow_k(ctx)
         h, w = ctx.log_decay.shape
         return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
                                device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
-                               tag=(ctx.freq_embed_tag, weights_tag(linear.weight, linear.bias)))
+                               sources=sources)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
         """decay ** k = exp(k * log decay), in float32 under autocast."""

@@ -14,6 +14,10 @@ for ``x + y``, GELU or SiLU in place) only when
 2. the tensor written to is fresh: the step before made it for this step alone (its own
    storage, not a view of an input, a parameter or a cached buffer).
 
+3. no forward hook can have seen the tensor written to: none is registered globally
+   (``register_module_forward_hook``), and, inside a vHeat model's forward, none on the model
+   or any of its modules (:func:`observed_by_hooks`), so what a hook stores keeps its value.
+
 Every branch returns a fresh tensor: the norms, pointwise linears, depthwise convolution and
 MLP here, and the HCO (:mod:`.heat_operator`); ``ChannelsLast``, a free view, is no branch. So
 the step after a branch may write into the branch's output: GELU into fc1's product, SiLU into
@@ -21,14 +25,16 @@ the gate z, the layer scale and the residual sum into a block's branch output, t
 into the spectrum. :func:`may_overwrite` decides at every such site. It also checks that the
 target shares no storage with the other tensors the step reads, so a branch that returns its
 input (an ``nn.Identity`` put in its place, say) takes the out-of-place path instead of
-overwriting the residual stream. A forward hook that keeps a branch's output under ``no_grad``
-must clone it: the next step may overwrite it. (Filling a tensor that the same function has just
+overwriting the residual stream. (Filling a tensor that the same function has just
 allocated, as drop_path's mask, is no update of another step's result.) tests/test_inplace.py
 checks the rule.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import OrderedDict
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,21 +45,58 @@ from ..kernels import (depthwise_conv3x3, layer_norm, layer_norm_silu, linear_ge
 
 __all__ = ['ChannelsLast', 'DepthwiseConv3x3', 'Downsample', 'GatedLayerNorm', 'GlobalAvgPool',
            'LayerNorm', 'Mlp', 'PointwiseConv', 'PointwiseLinear', 'ResidualLayerNorm',
-           'SplitPointwiseLinear', 'Stem', 'drop_path', 'may_overwrite', 'pointwise',
-           'pointwise_as_conv']
+           'SplitPointwiseLinear', 'Stem', 'drop_path', 'has_forward_hooks', 'may_overwrite',
+           'observed_by_hooks', 'pointwise', 'pointwise_as_conv']
+
+
+# Whether the forward running now is watched by a module's forward hook (observed_by_hooks).
+_HOOKED = contextvars.ContextVar('vheat_mm_hooked', default=False)
+
+
+def _global_hooks() -> bool:
+    module = torch.nn.modules.module
+    return bool(getattr(module, '_global_forward_hooks', None)
+                or getattr(module, '_global_forward_pre_hooks', None))
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a forward or forward-pre hook is registered on ``module``, any of its
+    submodules, or globally."""
+    return _global_hooks() or any(m._forward_hooks or m._forward_pre_hooks
+                                  for m in module.modules())
+
+
+@contextlib.contextmanager
+def observed_by_hooks(module: nn.Module) -> Iterator[None]:
+    """Inside the block (a model's forward), :func:`may_overwrite` refuses every in-place step
+    if a forward hook is registered on ``module`` or any of its submodules. Not entered while
+    ``torch.compile`` traces (the compiled graph keeps the semantics of eager mutation)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    token = _HOOKED.set(_HOOKED.get() or has_forward_hooks(module))
+    try:
+        yield
+    finally:
+        _HOOKED.reset(token)
 
 
 def may_overwrite(target: Tensor | None, *reads: Tensor | None) -> bool:
     """The in-place rule (module docstring): whether a step that reads ``reads`` may write its
     result into ``target``, a fresh tensor (None: one the step makes itself).
 
-    False while autograd records the step, or when ``target`` shares storage with one of
-    ``reads``. While ``torch.compile`` traces, storages cannot be compared and only autograd is
-    checked; the compiler then plans the buffers itself.
+    False while autograd records the step, while a forward hook may have seen ``target``
+    (:func:`observed_by_hooks`, and global hooks), or when ``target`` shares storage with one
+    of ``reads``. While ``torch.compile`` traces, storages cannot be compared and only autograd
+    is checked; the compiler then plans the buffers itself.
     """
     if needs_grad(target, *reads):
         return False
-    if target is None or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        return True
+    if _HOOKED.get() or _global_hooks():
+        return False
+    if target is None:
         return True
     storage = target.untyped_storage().data_ptr()
     return all(t is None or t.untyped_storage().data_ptr() != storage for t in reads)

@@ -21,7 +21,7 @@ from .heat import pad_freq_embed, resize_freq_embed
 from .heat_operator import (CacheBudget, HeatConductionOperator, HeatContext, TensorCache,
                             build_heat_context)
 from .layers import (Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem,
-                     drop_path, may_overwrite)
+                     drop_path, may_overwrite, observed_by_hooks)
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
            'VHeatTrunk', 'FREQ_EMBED_FITS', 'check_freq_embed_fit', 'fit_freq_embeds',
@@ -267,10 +267,10 @@ class VHeatTrunk(nn.Module):
             if isinstance(cache, TensorCache):
                 cache.budget = self.cache_budget
         self.deploy = False
+        self._trainable_before_deploy: dict[str, bool] = {}
         self.with_cp = with_cp
-        # Convolution weights in the memory format of their inputs: no conversion per call.
-        self.to(memory_format=torch.channels_last)
         self.check_finite = bool(check_finite)
+        _align_with_gradient_layout(self)
 
     @property
     def with_cp(self) -> bool:
@@ -297,9 +297,12 @@ class VHeatTrunk(nn.Module):
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``; entering training also frees the caches of derived tensors,
-        which evaluation at many sizes may have filled (up to ``cache_budget.limit_bytes``)."""
+        which evaluation at many sizes may have filled (up to ``cache_budget.limit_bytes``),
+        and turns a deployed model back into the trainable one (:meth:`switch_to_train`)."""
         super().train(mode)
         if mode:
+            if self.deploy:
+                self.switch_to_train()
             self.clear_caches()
         return self
 
@@ -346,15 +349,20 @@ class VHeatTrunk(nn.Module):
                                   height, width, device=like.device, deploy=self.deploy)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Channels-last output of every stage, before its downsampling."""
+        """Channels-last output of every stage, before its downsampling.
+
+        No step runs in place while a forward hook is registered on the model or any of its
+        modules (:func:`~vheat_mm.models.layers.observed_by_hooks`).
+        """
         self._check_input(x)
         self._check_finite(x, None)
-        x = self.patch_embed(x)
-        outs = []
-        for i, stage in enumerate(self.layers):
-            out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x))
-            self._check_finite(out, i)
-            outs.append(out)
+        with observed_by_hooks(self):
+            x = self.patch_embed(x)
+            outs = []
+            for i, stage in enumerate(self.layers):
+                out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x))
+                self._check_finite(out, i)
+                outs.append(out)
         return outs
 
     @torch.no_grad()
@@ -364,24 +372,54 @@ class VHeatTrunk(nn.Module):
         The attenuation at the native resolution is folded now; any other feature size is
         folded on first use, so the deploy form works at every input size.
 
-        ``torch.compile`` and ``torch.onnx.export`` / ``torch.export`` of the deployed model
-        read these tensors without checking the weights' versions (that check cannot be
-        traced): call ``switch_to_deploy()`` again after changing the weights. At a size whose
+        The deployed model, eager, compiled or exported (``torch.onnx.export`` /
+        ``torch.export``), reads these tensors without comparing them with the weights: call
+        ``switch_to_deploy()`` again after changing the weights. ``train()`` (or
+        :meth:`switch_to_train`) returns to the trainable form. At a size whose
         tensors are not folded yet, the compiled graph or exported program computes them
         itself (nothing is stored while tracing); one eager forward at that size first lets it
         use the folded tensors instead. Either way, compiling with ``dynamic=False`` traces
         once per input size and never again at a size already seen.
         """
+        if not self.deploy:
+            self._trainable_before_deploy = {name: p.requires_grad
+                                             for name, p in self.named_parameters()}
         self.clear_caches()
+        self.deploy = True
         for i, stage in enumerate(self.layers):
             size = self.freq_embed[i].shape[:2]
             ctx = self.heat_context(i, size[0], size[1], self.freq_embed[i])
             for block in stage.blocks:
-                block.op.deploy = True
                 block.op.attenuation(ctx)
         self.requires_grad_(False)
-        self.deploy = True
         self.eval()
+
+    def switch_to_train(self) -> None:
+        """Undo :meth:`switch_to_deploy`: drop the folded tensors, so that decay^k follows the
+        weights again, and give every parameter back the ``requires_grad`` it had before. A
+        model that is not deployed is left as it is. ``train()`` calls this."""
+        if not self.deploy:
+            return
+        self.deploy = False
+        self.clear_caches()
+        for name, param in self.named_parameters():
+            param.requires_grad_(self._trainable_before_deploy.get(name, True))
+        self._trainable_before_deploy = {}
+        logger.info('%s: left the deploy form; decay^k follows the weights again',
+                    type(self).__name__)
+
+
+@torch.no_grad()
+def _align_with_gradient_layout(model: nn.Module) -> None:
+    """Give each convolution weight that is contiguous in both memory formats (a 1x1 or a
+    depthwise kernel) the strides of ``torch.channels_last``: the same memory, and the strides
+    its gradient has for channels-last activations, so DDP's gradient bucket views match it.
+    Every parameter stays contiguous (``view(-1)`` and ``parameters_to_vector`` work)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.weight.is_contiguous(
+                memory_format=torch.channels_last):
+            module.weight.data = torch.empty_like(
+                module.weight, memory_format=torch.channels_last).copy_(module.weight)
 
 
 def trunk_keywords(cls: type[VHeatTrunk]) -> type[VHeatTrunk]:
