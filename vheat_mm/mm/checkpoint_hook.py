@@ -9,12 +9,16 @@ checkpoint and then ``last_checkpoint`` are each written by
 checkpoint is deleted only after both: ``last_checkpoint`` always names a complete checkpoint,
 which ``--resume`` picks. The tools use it in place of ``CheckpointHook``
 (:func:`vheat_mm.mm.tool_config.use_atomic_checkpoints`).
+
+Before training, the temporary files of saves whose writer is gone are removed (a killed run's
+partial save); those of a live writer, or of another host, are left alone and logged.
 """
 from __future__ import annotations
 
 import logging
 import os
 import os.path as osp
+import time
 from pathlib import Path
 
 from mmengine.dist import is_main_process
@@ -23,7 +27,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from ..checkpoint import leftover_temporaries, replaced_atomically
+from ..checkpoint.atomic import replaced_atomically, temporary_files
 
 __all__ = ['AtomicCheckpointHook']
 
@@ -36,21 +40,35 @@ class AtomicCheckpointHook(CheckpointHook):
     as mmengine does. Best checkpoints (``save_best``) are written as mmengine writes them.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.time()  # the run's start: older temporary files are not its own
+
     def _is_atomic(self, runner: Runner) -> bool:
         return (isinstance(runner, Runner) and self.file_client_args is None
                 and isinstance(self.file_backend, LocalBackend))
 
     def before_train(self, runner: Runner) -> None:
-        """mmengine's set-up, then delete the temporary files of a save that was killed."""
+        """mmengine's set-up, then delete the temporary files of saves whose writer is gone
+        (:meth:`~vheat_mm.checkpoint.atomic.TemporaryFile.kept_because`); log the others."""
         super().before_train(runner)
         if not (self._is_atomic(runner) and is_main_process()):
             return
         for directory in dict.fromkeys((self.out_dir, runner.work_dir)):
-            if osp.isdir(directory):
-                for path in leftover_temporaries(directory):
-                    os.remove(path)
-                    print_log(f'removed {path}, left by an interrupted checkpoint save',
+            if not osp.isdir(directory):
+                continue
+            for file in temporary_files(directory):
+                reason = file.kept_because(self.started)
+                if reason is not None:
+                    print_log(f'kept {file.path}, a temporary checkpoint file: {reason}',
                               logger='current', level=logging.WARNING)
+                    continue
+                try:
+                    os.remove(file.path)
+                except FileNotFoundError:
+                    continue
+                print_log(f'removed {file.path}, left by an interrupted checkpoint save',
+                          logger='current', level=logging.WARNING)
 
     def _save_checkpoint_with_step(self, runner: Runner, step: int, meta: dict) -> None:
         if not self._is_atomic(runner):
