@@ -5,6 +5,9 @@
 
 Several processes: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``. Runs
 on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.tool_config`.
+
+One run per work_dir: a run refuses to start where another live run holds the work_dir's lock
+file (``train.lock``), unless ``--resume`` is given (see :mod:`vheat_mm.mm.work_dir_lock`).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import sys
 import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
 from vheat_mm.checkpoint import CheckpointError, strict_loading
 from vheat_mm.mm import tool_config
+from vheat_mm.mm.work_dir_lock import WorkDirInUse
 
 
 def parse_args() -> argparse.Namespace:
@@ -21,7 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint; without a value, from the latest '
-                             'checkpoint in the work directory')
+                             'checkpoint in the work directory (also where another run holds '
+                             'its lock: the lock is taken over, with a warning)')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); '
                              'without CUDA, float32 with a warning')
@@ -39,19 +44,24 @@ def main() -> None:
             tool_config.enable_amp(cfg)
         if args.auto_scale_lr:
             tool_config.enable_auto_scale_lr(cfg)
-    except tool_config.ToolConfigError as err:
+        if args.resume == 'auto':
+            tool_config.check_last_checkpoint(cfg.work_dir)
+        lock = tool_config.lock_work_dir(cfg, resume=args.resume is not None)
+    except (tool_config.ToolConfigError, WorkDirInUse) as err:
         sys.exit(f'train.py: error: {err}')
-    tool_config.set_resume(cfg, resume=args.resume)
-    tool_config.use_atomic_checkpoints(cfg)
-    tool_config.set_dataloader_defaults(
-        cfg, toolbox=toolbox, fields=('train_dataloader', 'val_dataloader', 'test_dataloader'),
-        persistent_workers=True)
-    runner = tool_config.build_runner(cfg, toolbox=toolbox)
-    try:
-        with strict_loading(args.strict):
-            runner.train()
-    except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint to resume from
-        sys.exit(f'train.py: error: {err}')
+    with lock:  # released however the run ends (SIGTERM included)
+        tool_config.set_resume(cfg, resume=args.resume)
+        tool_config.use_atomic_checkpoints(cfg)
+        tool_config.set_dataloader_defaults(
+            cfg, toolbox=toolbox,
+            fields=('train_dataloader', 'val_dataloader', 'test_dataloader'),
+            persistent_workers=True)
+        runner = tool_config.build_runner(cfg, toolbox=toolbox)
+        try:
+            with strict_loading(args.strict):
+                runner.train()
+        except CheckpointError as err:  # e.g. an unsafe or truncated checkpoint to resume from
+            sys.exit(f'train.py: error: {err}')
 
 
 if __name__ == '__main__':

@@ -16,7 +16,10 @@ and, for a distributed launch, initialises the process group with mmengine's own
 On any machine, mmengine reads checkpoints with ``weights_only=True`` (``import vheat_mm`` sets
 :func:`~vheat_mm.mm.safe_load.use_weights_only_loading`), and ``tools/train.py`` saves them
 with :class:`~vheat_mm.mm.checkpoint_hook.AtomicCheckpointHook` (:func:`use_atomic_checkpoints`),
-so that a run killed at any point resumes from a complete checkpoint.
+so that a run killed at any point resumes from a complete checkpoint. ``tools/train.py`` holds
+its work_dir's lock while it runs (:func:`lock_work_dir`), so that a second run there refuses to
+start, and checks ``last_checkpoint`` before ``--resume`` reads it
+(:func:`check_last_checkpoint`).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from mmengine.runner import Runner
 from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.parallel import DistributedDataParallel
 
+from .work_dir_lock import WorkDirLock
 
 __all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES', 'LAUNCHERS',
            'add_launch_arguments', 'add_strict_argument', 'export_local_rank',
@@ -48,7 +52,7 @@ __all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES',
            'load_tool_config', 'select_toolbox',
            'enable_amp', 'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
-           'use_atomic_checkpoints',
+           'use_atomic_checkpoints', 'check_last_checkpoint', 'launch_rank', 'lock_work_dir',
            'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'train_in_float32',
            'adapt_to_cpu',
            'init_distributed_without_cuda', 'build_runner', 'close_distributed']
@@ -105,6 +109,9 @@ TOOLBOX_PROFILES: dict[str, ToolboxProfile] = {
 }
 TOOLBOXES = tuple(TOOLBOX_PROFILES)
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+# where each launcher puts a process's global rank before the process group exists (what
+# mmengine's init_dist reads)
+RANK_VARIABLES = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
 GPU_ONLY_BACKENDS = ('nccl',)
 
@@ -345,6 +352,63 @@ def use_atomic_checkpoints(cfg: Config) -> list[str]:
     change = 'default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook'
     _log(f'checkpoints are written atomically: {change}')
     return [change]
+
+
+def check_last_checkpoint(work_dir: str) -> None:
+    """For ``--resume`` without a path: ``work_dir/last_checkpoint``, which mmengine reads as the
+    text of a checkpoint path, must be that, and name a file that exists (or a URL); an error
+    names the file. Without the file nothing is checked (mmengine starts afresh and says so).
+    """
+    path = osp.join(work_dir, 'last_checkpoint')
+    try:
+        with open(path, 'rb') as file:
+            data = file.read()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ToolConfigError(f'cannot read {path}: {err.strerror}') from None
+    fix = ('write the path of the checkpoint to resume from into it, give that checkpoint to '
+           '--resume, or delete it to start afresh')
+    try:
+        target = data.decode().strip()
+    except UnicodeDecodeError as err:
+        raise ToolConfigError(f'{path} is not a text file (byte {err.start} of {len(data)} is not '
+                              f'UTF-8); it should hold the path of a checkpoint: {fix}') from None
+    if not target or not target.isprintable():
+        raise ToolConfigError(f'{path} holds {target[:80]!r}, not the path of a checkpoint: '
+                              f'{fix}')
+    if '://' not in target and not osp.isfile(target):
+        raise ToolConfigError(f'{path} names {target[:200]}, which is not a file: {fix}')
+
+
+def launch_rank(launcher: str) -> int:
+    """This process's global rank as its launcher set it, before the process group exists
+    (torchrun's ``RANK``, srun's ``SLURM_PROCID``, Open MPI's ``OMPI_COMM_WORLD_RANK``); 0 for
+    ``'none'`` or where the variable is missing."""
+    variable = RANK_VARIABLES.get(launcher)
+    value = os.environ.get(variable, '0') if variable else '0'
+    try:
+        return int(value)
+    except ValueError:
+        raise ToolConfigError(f'{variable}={value!r} is not a rank (launcher {launcher})') \
+            from None
+
+
+def lock_work_dir(cfg: Config, *, resume: bool) -> WorkDirLock | contextlib.nullcontext:
+    """Take ``cfg.work_dir``'s lock (:class:`~vheat_mm.mm.work_dir_lock.WorkDirLock`) for a
+    training run; leaving the returned object's ``with`` block releases it.
+
+    Only the main process of a launch (rank 0, :func:`launch_rank`) takes it: the other ranks of
+    the same run start without it (if rank 0 refuses, torchrun and ``srun --kill-on-bad-exit``
+    end them). Another live run's lock raises
+    :class:`~vheat_mm.mm.work_dir_lock.WorkDirInUse`, unless ``resume`` (``--resume``), which
+    takes it over with a warning.
+    """
+    if launch_rank(cfg.get('launcher', 'none')) != 0:
+        return contextlib.nullcontext()
+    lock = WorkDirLock(cfg.work_dir)
+    lock.acquire(take_over=resume)
+    return lock
 
 
 # ----------------------------------------------------------------------------- CPU
