@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark.py's timm Swin
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarking's timm Swin
 
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, strict_loading
-from vheat_mm.models import VHeatFeatures, resolve_arch
+from vheat_mm.models import VHeatFeatures
 from vheat_mm.models.heat import dct_basis, heat_conduction, heat_decay_map
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'camera', 'cat')
@@ -97,12 +97,11 @@ def build_vheat(args) -> tuple[VHeatFeatures, str]:
 
 
 def build_swin(model: VHeatFeatures, size: int):
-    """timm's Swin of ``model``'s widths and depths (benchmark.py's), features only; None
+    """timm's Swin of ``model``'s widths and depths (the benchmark's), features only; None
     without timm or where timm has no such Swin."""
-    from benchmark import TIMM_SWIN, Unavailable, timm_swin
-    arch = next((name for name in TIMM_SWIN if resolve_arch(name) == model.arch), None)
+    from benchmarking.competitors import Unavailable, timm_swin
     try:
-        return timm_swin(arch, size, size, features_only=True).eval()
+        return timm_swin(model.arch, size, size, features_only=True).eval()
     except (ImportError, Unavailable):
         return None
 
