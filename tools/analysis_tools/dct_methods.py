@@ -14,11 +14,11 @@ import argparse
 import math
 import statistics
 import sys
-import time
 
 import torch
 from torch import Tensor
 
+from benchmarking.measure import Timer, interleaved_rounds
 from vheat_mm.models.heat import _along_h, _along_w, dct_basis
 
 STAGE_DIMS = (96, 192, 384, 768)  # vHeat-T
@@ -51,17 +51,6 @@ def dct_fft(x: Tensor, dim: int) -> Tensor:
     return coefficients * scale.view(shape)
 
 
-def _median_seconds(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def parse_input(text: str) -> tuple[int, int, int]:
     size, _, batch = text.partition(':')
     height, _, width = size.partition('x')
@@ -79,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    timer = Timer(device)
     print('| input | stage map (B, H, W, C) | axis | matmul ms | fft ms | fft / matmul |')
     print('|---|---|---|---|---|---|')
     for height, width, batch in args.inputs:
@@ -88,16 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(batch, h, w, dim, device=device)
             for axis, n, matmul in ((1, h, _along_h), (2, w, _along_w)):
                 basis = dct_basis(n, device=device)
+                steps = {'matmul': lambda: matmul(x, basis), 'fft': lambda: dct_fft(x, axis)}
                 with torch.inference_mode():
-                    torch.testing.assert_close(dct_fft(x, axis), matmul(x, basis),
+                    torch.testing.assert_close(steps['fft'](), steps['matmul'](),
                                                rtol=1e-4, atol=1e-4)
                     for _ in range(2):  # warm-up
-                        matmul(x, basis), dct_fft(x, axis)
-                    t_mm, t_fft = [], []
-                    for _ in range(args.rounds):  # interleaved
-                        t_mm.append(_median_seconds(lambda: matmul(x, basis), 1))
-                        t_fft.append(_median_seconds(lambda: dct_fft(x, axis), 1))
-                mm, fft = statistics.median(t_mm), statistics.median(t_fft)
+                        for step in steps.values():
+                            step()
+                    rounds = list(interleaved_rounds(steps, dict.fromkeys(steps, 1),
+                                                     args.rounds, timer))
+                mm, fft = (statistics.median(r[name] for r in rounds) for name in steps)
                 print(f'| {height}x{width} b{batch} | ({batch}, {h}, {w}, {dim}) | '
                       f'{"HW"[axis - 1]} | {mm * 1e3:.2f} | {fft * 1e3:.2f} | {fft / mm:.2f} |',
                       flush=True)

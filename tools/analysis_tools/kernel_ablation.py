@@ -26,15 +26,13 @@ import json
 import statistics
 import sys
 import traceback
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import Timer  # noqa: E402  (the timing of benchmark.py, beside this file)
-from vheat_mm.kernels import SWITCHES, kernel_switches  # noqa: E402
-from vheat_mm.kernels.dispatch import INTERPRET, KERNEL_NAMES  # noqa: E402
-from vheat_mm.models import VHeat  # noqa: E402
+from benchmarking.measure import Timer, device_description, interleaved_rounds, iterations
+from vheat_mm.kernels import SWITCHES, kernel_switches
+from vheat_mm.kernels.dispatch import INTERPRET, KERNEL_NAMES
+from vheat_mm.models import VHeat
 
 AMP = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -49,10 +47,6 @@ def variants() -> dict[str, dict[str, bool]]:
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
-def elapsed(fn, iters: int, device: torch.device) -> float:
-    return Timer(device)(fn, iters)
 
 
 def build(args, device: torch.device) -> VHeat:
@@ -122,32 +116,30 @@ def ablate(args, device: torch.device) -> None:
             return out.detach()
         return run
 
-    table = variants()
-    outputs = {name: forward(sw)().float() for name, sw in table.items()}  # warm-up, compile
+    steps = {name: forward(switches) for name, switches in variants().items()}
+    outputs = {name: step().float() for name, step in steps.items()}  # warm-up, compile
     for _ in range(args.warmup):
-        for switches in table.values():
-            forward(switches)()
-    iters = {name: max(1, round(args.round_seconds / elapsed(forward(sw), 1, device)))
-             for name, sw in table.items()}
-    speed = {name: [] for name in table}
-    names = list(table)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            speed[name].append(iters[name] * args.batch
-                               / elapsed(forward(table[name]), iters[name], device))
+        for step in steps.values():
+            step()
+    timer = Timer(device)
+    iters = {name: iterations(timer, step, args.round_seconds) for name, step in steps.items()}
+    speed = {name: [] for name in steps}
+    for seconds in interleaved_rounds(steps, iters, args.rounds, timer):
+        for name, per_step in seconds.items():
+            speed[name].append(args.batch / per_step)
     eager = statistics.median(speed['eager'])
     print(f'vHeat-{args.arch} {args.mode}, batch '
-          f'{args.batch} at {args.size}, {args.amp} autocast, {describe(device)}; median of '
-          f'{args.rounds} rounds')
+          f'{args.batch} at {args.size}, {args.amp} autocast, {device_description(device)}, '
+          f'torch {torch.__version__}; median of {args.rounds} rounds')
     print('| variant | images/s | vs eager | error vs eager | error vs float32 |')
     print('|---|---|---|---|---|')
-    for name in names:
+    for name in steps:
         median = statistics.median(speed[name])
         print(f'| {name} | {median:.1f} | {median / eager:.3f}x | '
               f'{rel_error(outputs[name], outputs["eager"]):.2e} | '
               f'{rel_error(outputs[name], reference):.2e} |')
     if args.profile:
-        profile(forward(table['all']), device)
+        profile(steps['all'], device)
 
 
 def profile(run, device: torch.device, rows: int = 30) -> None:
@@ -161,11 +153,6 @@ def profile(run, device: torch.device, rows: int = 30) -> None:
             torch.cuda.synchronize(device)
     key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
-
-
-def describe(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
-    return f'{name}, torch {torch.__version__}'
 
 
 def main(argv: list[str] | None = None) -> int:
