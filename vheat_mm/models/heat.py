@@ -33,7 +33,7 @@ from .layers import may_overwrite
 
 __all__ = [
     'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
-    'dct_2d', 'idct_2d',
+    'dct_2d', 'idct_2d', 'has_size',
     'pad_freq_embed', 'resize_freq_embed', 'float32_under_autocast'
 ]
 
@@ -50,7 +50,9 @@ def dct_basis(n: int, *, device: torch.device | None = None,
         raise ValueError(f'a DCT needs at least one sample, got n={n}')
     x = torch.arange(n, dtype=torch.float64) + 0.5
     k = torch.arange(n, dtype=torch.float64)[:, None]
-    basis = torch.cos(k * x * (math.pi / n)) * math.sqrt(2.0 / n)
+    # sqrt(2 / n) as a tensor: the same correctly rounded value, for a symbolic n too
+    scale = torch.full((), 2.0, dtype=torch.float64).div(n).sqrt()
+    basis = torch.cos(k * x * (math.pi / n)) * scale
     basis[0] /= math.sqrt(2.0)
     return basis.to(device=device, dtype=dtype)
 
@@ -153,6 +155,15 @@ def heat_conduction(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Te
     return _conduct(u, basis_h, basis_w, attenuation)
 
 
+def has_size(tensor: Tensor, size: tuple[int, int]) -> bool:
+    """Whether ``tensor`` (H, W, ...) is of (H, W) ``size``; False for a symbolic size
+    (``torch.export`` with dynamic H and W), so that the graph resizes at every size (the
+    identity at the tensor's own size) instead of holding for one size only."""
+    if any(isinstance(s, torch.SymInt) for s in size):
+        return False
+    return tuple(tensor.shape[:2]) == (int(size[0]), int(size[1]))
+
+
 def resize_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize a (H, W, C) frequency embedding to ``size`` bicubically (align_corners=False).
 
@@ -163,9 +174,9 @@ def resize_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
     """
     if freq_embed.dim() != 3:
         raise ValueError(f'freq_embed must be (H, W, C), got shape {tuple(freq_embed.shape)}')
-    size = (int(size[0]), int(size[1]))
-    if tuple(freq_embed.shape[:2]) == size:
+    if has_size(freq_embed, size):
         return freq_embed
+    size = tuple(s if isinstance(s, torch.SymInt) else int(s) for s in size)
     grid = freq_embed.permute(2, 0, 1).unsqueeze(0).float()
     resized = F.interpolate(grid, size=size, mode='bicubic', align_corners=False)
     return resized[0].permute(1, 2, 0).to(freq_embed.dtype)

@@ -25,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels import needs_grad
-from .heat import (dct_basis, float32_under_autocast, heat_conduction, heat_log_decay_map,
-                   resize_freq_embed)
-from .layers import DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear
+from .heat import (dct_basis, float32_under_autocast, has_size, heat_conduction,
+                   heat_log_decay_map, resize_freq_embed)
+from .layers import (DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear,
+                     traced_as_one_node)
 
 __all__ = ['CacheBudget', 'HeatConductionOperator', 'HeatContext', 'TensorCache',
            'build_heat_context', 'cache_sources']
@@ -187,7 +188,7 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
     """
     kw = dict(device=device, dtype=freq_embed.dtype)
     sources = cache_sources(deploy, freq_embed)
-    if tuple(freq_embed.shape[:2]) == (height, width) or sources is None:
+    if sources is None or has_size(freq_embed, (height, width)):
         resized = resize_freq_embed(freq_embed, (height, width))
     else:
         resized = cache.get(f'{key}_{height}x{width}',
@@ -215,6 +216,10 @@ class HeatConductionOperator(nn.Module):
     dtype (:func:`~vheat_mm.models.heat.attenuate`); set ``float32_transforms = True`` (on the
     class or an instance) to run the whole heat conduction in float32 (see
     :func:`~vheat_mm.models.heat.heat_conduction`).
+
+    A symbolic trace (``torch.fx``) records the operator as one node
+    (:func:`~vheat_mm.models.layers.traced_as_one_node`). TorchScript is refused
+    (:meth:`__prepare_scriptable__`).
     """
 
     float32_transforms: bool = False
@@ -248,6 +253,16 @@ class HeatConductionOperator(nn.Module):
             lambda log_decay, embed: torch.exp(self.to_k(embed) * log_decay[:, :, None]),
             ctx.log_decay, ctx.freq_embed)
 
+    def __prepare_scriptable__(self):
+        """Refuse ``torch.jit.script`` (of any model holding the operator) with a RuntimeError
+        that names the alternatives."""
+        raise RuntimeError(
+            'vHeat cannot be compiled with TorchScript (torch.jit.script): the heat conduction '
+            'operator keeps caches per feature size and chooses its kernels in Python. Use '
+            'torch.export.export (or torch.onnx.export(..., dynamo=True)) for a graph, or '
+            'torch.compile')
+
+    @traced_as_one_node
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
         u, z = self.linear(self.dwconv(x))
         u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),

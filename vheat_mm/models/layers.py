@@ -28,15 +28,24 @@ input (an ``nn.Identity`` put in its place, say) takes the out-of-place path ins
 overwriting the residual stream. (Filling a tensor that the same function has just
 allocated, as drop_path's mask, is no update of another step's result.) tests/test_inplace.py
 checks the rule.
+
+Symbolic tracing (``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor``).
+A traced graph may return any node as a feature, so no traced step overwrites a node's value:
+:func:`may_overwrite` is False for a traced tensor. Each call into :mod:`vheat_mm.kernels` (and
+:func:`pointwise`) is one node (``torch.fx.wrap``): they choose their path from the device,
+dtype and autograd state, which a trace does not know. :func:`traced_as_one_node` makes a whole
+module one node (the HCO, whose caches depend on the feature size).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections import OrderedDict
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,8 +54,16 @@ from ..kernels import (depthwise_conv3x3, layer_norm, layer_norm_silu, linear_ge
 
 __all__ = ['ChannelsLast', 'DepthwiseConv3x3', 'Downsample', 'GatedLayerNorm', 'GlobalAvgPool',
            'LayerNorm', 'Mlp', 'PointwiseConv', 'PointwiseLinear', 'ResidualLayerNorm',
-           'SplitPointwiseLinear', 'Stem', 'drop_path', 'has_forward_hooks', 'may_overwrite',
-           'observed_by_hooks', 'pointwise', 'pointwise_as_conv']
+           'SplitPointwiseLinear', 'Stem', 'drop_path', 'has_forward_hooks', 'is_traced',
+           'may_overwrite', 'observed_by_hooks', 'pointwise', 'pointwise_as_conv',
+           'pointwise_gelu', 'traced_as_one_node']
+
+# One node each in a symbolic trace (module docstring); pointwise_gelu and call_module are
+# defined below.
+for _name in ('layer_norm', 'layer_norm_silu', 'residual_layer_norm', 'depthwise_conv3x3',
+              'pointwise', 'pointwise_gelu', 'call_module'):
+    torch.fx.wrap(_name)
+del _name
 
 
 # Whether the forward running now is watched by a module's forward hook (observed_by_hooks).
@@ -81,15 +98,42 @@ def observed_by_hooks(module: nn.Module) -> Iterator[None]:
         _HOOKED.reset(token)
 
 
+def is_traced(*values: object) -> bool:
+    """Whether one of ``values`` is a value of a symbolic trace (a ``torch.fx.Proxy``)."""
+    return any(isinstance(v, torch.fx.Proxy) for v in values)
+
+
+def traced_as_one_node(forward: Callable) -> Callable:
+    """Decorator of a module's ``forward``: a symbolic trace records the module's call as one
+    node, which calls the module at run time, as it would a leaf module (its hooks fire, and
+    the in-place rule sees the hooks of its submodules). Eager calls run ``forward`` as it is."""
+
+    @functools.wraps(forward)
+    def call(self: nn.Module, *args):
+        if is_traced(*args):
+            return call_module(self, *args)
+        return forward(self, *args)
+    return call
+
+
+def call_module(module: nn.Module, *args):
+    """``module(*args)``, with :func:`observed_by_hooks` for the module (one node when traced)."""
+    with observed_by_hooks(module):
+        return module(*args)
+
+
 def may_overwrite(target: Tensor | None, *reads: Tensor | None) -> bool:
     """The in-place rule (module docstring): whether a step that reads ``reads`` may write its
     result into ``target``, a fresh tensor (None: one the step makes itself).
 
     False while autograd records the step, while a forward hook may have seen ``target``
-    (:func:`observed_by_hooks`, and global hooks), or when ``target`` shares storage with one
-    of ``reads``. While ``torch.compile`` traces, storages cannot be compared and only autograd
-    is checked; the compiler then plans the buffers itself.
+    (:func:`observed_by_hooks`, and global hooks), when ``target`` shares storage with one of
+    ``reads``, or while a symbolic trace records the step. While ``torch.compile`` traces,
+    storages cannot be compared and only autograd is checked; the compiler then plans the
+    buffers itself.
     """
+    if is_traced(target, *reads):
+        return False
     if needs_grad(target, *reads):
         return False
     if torch.compiler.is_compiling():
@@ -131,6 +175,13 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             weight = weight[:, :, None, None]
         return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
     return F.linear(x, weight.flatten(1), bias)
+
+
+def pointwise_gelu(x: Tensor, weight: Tensor, bias: Tensor | None, *,
+                   inplace: bool = False) -> Tensor:
+    """The exact GELU of :func:`pointwise`: :func:`vheat_mm.kernels.linear_gelu` with
+    :func:`pointwise` as its eager product."""
+    return linear_gelu(x, weight, bias, pointwise, inplace=inplace)
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
@@ -253,8 +304,8 @@ class PointwiseConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.activation == 'gelu':
-            return linear_gelu(x, self.weight, self.bias, pointwise,
-                               inplace=may_overwrite(None, x, self.weight, self.bias))
+            return pointwise_gelu(x, self.weight, self.bias,
+                                  inplace=may_overwrite(None, x, self.weight, self.bias))
         return pointwise(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

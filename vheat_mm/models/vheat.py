@@ -6,6 +6,12 @@ and :class:`VHeatTrunk` (stem, per-stage frequency embeddings, stages) with its 
 :mod:`.layers`, the Heat Conduction Operator and its caches in :mod:`.heat_operator`. Module
 names and parameter shapes follow the official implementation, so its checkpoints load with
 strict=True.
+
+The models trace symbolically (``torch.fx.symbolic_trace``, torchvision's
+``create_feature_extractor``): the input checks and the heat context of a feature size are one
+node each (``torch.fx.wrap``), as are the HCO and the kernels (:mod:`.layers`). A traced graph
+keeps the form (deploy or not, train or eval) the model had when it was traced, and does not
+checkpoint gradients (``with_cp``).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import logging
 from typing import NamedTuple, Sequence
 
 import torch
+import torch.fx
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
@@ -24,8 +31,13 @@ from .layers import (Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNor
                      drop_path, may_overwrite, observed_by_hooks)
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
-           'VHeatTrunk', 'FREQ_EMBED_FITS', 'check_freq_embed_fit', 'fit_freq_embeds',
-           'resolve_arch']
+           'VHeatTrunk', 'FREQ_EMBED_FITS', 'check_freq_embed_fit', 'check_finite_values',
+           'check_images', 'fit_freq_embeds', 'resolve_arch']
+
+# One node each in a symbolic trace (module docstring); the checks are defined below.
+for _name in ('build_heat_context', 'check_images', 'check_finite_values'):
+    torch.fx.wrap(_name)
+del _name
 
 logger = logging.getLogger(__name__)
 
@@ -314,33 +326,20 @@ class VHeatTrunk(nn.Module):
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):  # PointwiseLinear too
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                _init_linear(m)
             elif isinstance(m, nn.LayerNorm):  # and its subclasses in .layers
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for p in self.freq_embed:
             nn.init.trunc_normal_(p, std=0.02)
 
-    def _check_input(self, x: Tensor) -> None:
-        """Raise a ValueError for a wrong rank or channel count, or H or W below the stride."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'vHeat expects images of shape (B, {self.in_channels}, H, W), '
-                             f'got {tuple(x.shape)}')
-        if min(x.shape[2:]) < self.total_stride:
-            raise ValueError(f'vHeat needs images of at least {self.total_stride}x'
-                             f'{self.total_stride} pixels (the stride of its last stage), got '
-                             f'H={x.shape[2]}, W={x.shape[3]}')
-
-    def _check_finite(self, x: Tensor, stage: int | None) -> None:
-        """With ``check_finite``, raise a ValueError if ``x`` (the input, or ``stage``'s output)
-        holds NaN or inf values; otherwise do nothing."""
-        if not self.check_finite or bool(torch.isfinite(x).all()):
-            return
-        where = 'the input' if stage is None else f'the output of stage {stage}'
-        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-        raise ValueError(f'check_finite: {where} holds {nan + inf} non-finite values of '
-                         f'{x.numel()} ({nan} NaN, {inf} inf); every value must be finite')
+    def _checked_finite(self, x: Tensor, stage: int | None) -> Tensor:
+        """``x`` (the input, or ``stage``'s output), checked by :func:`check_finite_values`
+        with ``check_finite``."""
+        if not self.check_finite:
+            return x
+        return check_finite_values(x, 'the input' if stage is None
+                                   else f'the output of stage {stage}')
 
     def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
         """Bases, decay map and freq_embed of ``stage`` at feature size (height, width), on
@@ -348,21 +347,22 @@ class VHeatTrunk(nn.Module):
         return build_heat_context(self.heat_cache, self.freq_embed[stage], f'freq_embed{stage}',
                                   height, width, device=like.device, deploy=self.deploy)
 
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Channels-last output of every stage, before its downsampling.
+    def forward_stages(self, x: Tensor, last: int | None = None) -> list[Tensor]:
+        """Channels-last output of every stage, before its downsampling; with ``last``, of
+        stages 0 to ``last`` only (the later ones do not run).
 
         No step runs in place while a forward hook is registered on the model or any of its
         modules (:func:`~vheat_mm.models.layers.observed_by_hooks`).
         """
-        self._check_input(x)
-        self._check_finite(x, None)
+        x = self._checked_finite(check_images(x, self.in_channels, self.total_stride), None)
         with observed_by_hooks(self):
             x = self.patch_embed(x)
             outs = []
             for i, stage in enumerate(self.layers):
                 out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x))
-                self._check_finite(out, i)
-                outs.append(out)
+                outs.append(self._checked_finite(out, i))
+                if i == last:
+                    break
         return outs
 
     @torch.no_grad()
@@ -409,6 +409,34 @@ class VHeatTrunk(nn.Module):
                     type(self).__name__)
 
 
+def check_images(x: Tensor, channels: int, min_size: int) -> Tensor:
+    """``x`` if it is a batch of images (B, channels, H, W) with H and W at least
+    ``min_size``; otherwise a one-line ValueError."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f'vHeat expects images of shape (B, {channels}, H, W), '
+                         f'got {tuple(x.shape)}')
+    if min(x.shape[2:]) < min_size:
+        raise ValueError(f'vHeat needs images of at least {min_size}x{min_size} pixels (the '
+                         f'stride of its last stage), got H={x.shape[2]}, W={x.shape[3]}')
+    return x
+
+
+def check_finite_values(x: Tensor, where: str) -> Tensor:
+    """``x`` if every value is finite; otherwise a ValueError saying ``where`` the NaN and
+    inf values are and how many there are."""
+    if bool(torch.isfinite(x).all()):
+        return x
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise ValueError(f'check_finite: {where} holds {nan + inf} non-finite values of '
+                     f'{x.numel()} ({nan} NaN, {inf} inf); every value must be finite')
+
+
+def _init_linear(linear: nn.Linear) -> None:
+    """The official initialisation of a linear layer: weight trunc-normal (std .02), bias 0."""
+    nn.init.trunc_normal_(linear.weight, std=0.02)
+    nn.init.zeros_(linear.bias)
+
+
 @torch.no_grad()
 def _align_with_gradient_layout(model: nn.Module) -> None:
     """Give each convolution weight that is contiguous in both memory formats (a 1x1 or a
@@ -444,22 +472,151 @@ def trunk_keywords(cls: type[VHeatTrunk]) -> type[VHeatTrunk]:
 class VHeat(VHeatTrunk):
     """vHeat image classifier; ``VHeat(arch='tiny')`` is vHeat-T of the paper.
 
+    The head, ``classifier``, is LayerNorm, average pool, flatten and linear, under the official
+    state-dict names (``classifier.0``, and :attr:`FC_NAME` for the linear). The model has
+    timm's classifier interface: :meth:`forward_features` (the last stage's map, NCHW, before
+    the head), :meth:`forward_head`, :meth:`get_classifier`, :meth:`reset_classifier`,
+    :meth:`forward_intermediates` and ``feature_info`` (each stage's channels and stride).
+
     Args:
-        num_classes: classifier outputs.
+        num_classes: classifier outputs; 0: no linear layer (the model gives the features).
+        global_pool: 'avg' averages over H and W; '' does not pool: the model then gives a map
+            (B, num_classes, H, W), or (B, C, H, W) for num_classes 0, every position through
+            the head's norm (and linear).
         kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, freq_embed_fit,
             in_channels, drop_path_rate, with_cp, check_finite).
     """
 
-    def __init__(self, arch: str | dict = 'tiny', *, num_classes: int = 1000, **kwargs):
+    #: Index of the linear layer in ``classifier`` (norm, pool, flatten, linear), as in the
+    #: official checkpoints; :attr:`FC_NAME` is its module name (``classifier.3``).
+    FC_INDEX = 3
+    FC_NAME = f'classifier.{FC_INDEX}'
+    GLOBAL_POOLS = ('avg', '')
+
+    def __init__(self, arch: str | dict = 'tiny', *, num_classes: int = 1000,
+                 global_pool: str = 'avg', **kwargs):
         super().__init__(arch, **kwargs)
+        self.num_features = self.head_hidden_size = self.arch.dims[-1]
+        self.feature_info = [dict(num_chs=dim, reduction=PATCH_SIZE * 2**i, module=f'layers.{i}')
+                             for i, dim in enumerate(self.arch.dims)]
+        self.global_pool = self._check_global_pool(global_pool)
         self.num_classes = num_classes
-        width = self.arch.dims[-1]
-        self.classifier = nn.Sequential(
-            LayerNorm(width), GlobalAvgPool(), nn.Flatten(1), nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(LayerNorm(self.num_features), *self._pooling(),
+                                        self._linear(num_classes))
         self.reset_parameters()
 
+    def _check_global_pool(self, global_pool: str) -> str:
+        if global_pool not in self.GLOBAL_POOLS:
+            raise ValueError(f'global_pool must be one of {list(self.GLOBAL_POOLS)} (vHeat '
+                             f'averages, or does not pool), got {global_pool!r}')
+        return global_pool
+
+    def _pooling(self) -> tuple[nn.Module, nn.Module]:
+        """The pool and flatten of ``classifier`` for :attr:`global_pool`."""
+        if self.global_pool:
+            return GlobalAvgPool(), nn.Flatten(1)
+        return nn.Identity(), nn.Identity()
+
+    def _linear(self, num_classes: int, like: Tensor | None = None) -> nn.Module:
+        """The classifier's linear layer for ``num_classes`` (on ``like``'s device and dtype)."""
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be 0 (no linear layer) or more, got {num_classes}')
+        if num_classes == 0:
+            return nn.Identity()
+        return nn.Linear(self.num_features, num_classes,
+                         device=None if like is None else like.device,
+                         dtype=None if like is None else like.dtype)
+
+    def get_classifier(self) -> nn.Module:
+        """The linear layer (an ``nn.Identity`` for num_classes 0)."""
+        return self.classifier[self.FC_INDEX]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear layer for ``num_classes`` (0: none), initialised as the model's layers
+        are; ``global_pool`` ('avg' or '', None: as it is) sets the pooling (class docstring)."""
+        if global_pool is not None:
+            self.global_pool = self._check_global_pool(global_pool)
+            self.classifier[1], self.classifier[2] = self._pooling()
+        linear = self._linear(num_classes, like=self.freq_embed[0])
+        if isinstance(linear, nn.Linear):
+            _init_linear(linear)
+        self.classifier[self.FC_INDEX] = linear
+        self.num_classes = num_classes
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's name for ``with_cp``: gradient checkpointing of every block."""
+        self.with_cp = enable
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's map, (B, C, H, W), before the head."""
+        return self.forward_stages(x)[-1].permute(0, 3, 1, 2)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """The head on :meth:`forward_features`' map: logits (B, num_classes); with
+        ``pre_logits``, the normalised, pooled features (B, C) before the linear layer. Without
+        pooling (global_pool ''), the same for every position, as (B, num_classes or C, H, W)."""
+        norm, pool, flatten, linear = self.classifier
+        x = flatten(pool(norm(x.permute(0, 2, 3, 1))))
+        if not pre_logits:
+            x = linear(x)
+        return x if self.global_pool else x.permute(0, 3, 1, 2)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.forward_stages(x)[-1])
+        return self.forward_head(self.forward_features(x))
+
+    def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """The stages :meth:`forward_intermediates` names by ``indices``, in ascending order."""
+        n = self.num_stages
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 1 <= indices <= n:
+                raise ValueError(f'indices as an int asks for the last n stages, 1 <= n <= {n}, '
+                                 f'got {indices}')
+            return list(range(n - indices, n))
+        take = sorted({i + n if i < 0 else i for i in indices})
+        if not take or take[0] < 0 or take[-1] >= n:
+            raise ValueError(f'indices must be stage indices in [0, {n}) (or [-{n}, 0) counting '
+                             f'from the last), got {tuple(indices)}')
+        return take
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False
+                              ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's feature API: the outputs of the stages ``indices`` names (None: all; an int
+        n: the last n; a sequence: those, negative ones counted from the end), in ``output_fmt``
+        ('NCHW' or 'NHWC'), and :meth:`forward_features`' map (unless ``intermediates_only``).
+
+        ``norm``: the last stage's map passes through the head's norm (the only norm after a
+        stage). ``stop_early`` (and ``intermediates_only``): the stages after the last one
+        asked for do not run; the final map is then the last one that ran.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = self._take_indices(indices)
+        stages = self.forward_stages(x, take[-1] if stop_early or intermediates_only else None)
+        maps = []
+        for i in take:
+            out = self.classifier[0](stages[i]) if norm and i == self.num_stages - 1 \
+                else stages[i]
+            maps.append(out if output_fmt == 'NHWC' else out.permute(0, 3, 1, 2))
+        if intermediates_only:
+            return maps
+        return stages[-1].permute(0, 3, 1, 2), maps
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1,
+                                  prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """timm's feature API: the stage indices for ``indices`` (as
+        :meth:`forward_intermediates` reads them); ``prune_head`` removes the linear layer and
+        the pooling, ``prune_norm`` the head's norm. The stages stay, so the state-dict keys of
+        the trunk stay the official ones; :meth:`forward_intermediates` runs only those needed."""
+        take = self._take_indices(indices)
+        if prune_head:
+            self.reset_classifier(0, '')
+        if prune_norm:
+            self.classifier[0] = nn.Identity()
+        return take
 
 
 @trunk_keywords
