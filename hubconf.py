@@ -3,9 +3,10 @@
 ``torch.hub.load(REPO, 'vheat_tiny', pretrained=False)`` builds the vHeat-T classifier of this
 repository (plain PyTorch; OpenMMLab is not needed). ``pretrained=True`` loads the official
 ImageNet-1k release (downloaded once into torch hub's cache and read with ``weights_only``),
-then gives it a new head if ``num_classes`` is not 1000. ``pretrained=PATH`` (a file or an
-http(s) URL, in any layout :func:`~vheat_mm.checkpoint.load_pretrained` reads) loads that
-checkpoint, strictly, into the model built with ``num_classes``. Other keywords go to
+then gives it a new linear layer (:meth:`~vheat_mm.models.VHeat.reset_classifier`) if
+``num_classes`` is not 1000. ``pretrained=PATH`` (a file or an http(s) URL, in any layout
+:func:`~vheat_mm.checkpoint.load_pretrained` reads) loads that checkpoint, strictly, into the
+model built with ``num_classes``. Other keywords go to
 :class:`vheat_mm.models.VHeat` (``img_size``, ``num_classes``, ...).
 """
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 dependencies = ['torch']
 
 import os  # noqa: E402
-
-from torch import nn  # noqa: E402
 
 from vheat_mm.checkpoint import PRETRAINED_URLS, load_pretrained  # noqa: E402
 from vheat_mm.models import VHeat  # noqa: E402
@@ -30,8 +29,7 @@ def _vheat(arch: str, pretrained: bool | str | os.PathLike, num_classes: int = 1
     model = VHeat(arch, **kwargs)  # the release's 1000-class head, then a new one if asked
     load_pretrained(model, PRETRAINED_URLS[arch], strict=True)
     if num_classes != 1000:
-        model.classifier[3] = nn.Linear(model.classifier[3].in_features, num_classes)
-        model.num_classes = num_classes
+        model.reset_classifier(num_classes)
     return model
 
 

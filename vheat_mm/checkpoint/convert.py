@@ -6,7 +6,7 @@ from typing import Collection, Mapping
 
 from torch import Tensor, nn
 
-from ..models import fit_freq_embeds, pad_freq_embed, resize_freq_embed
+from ..models import VHeat, fit_freq_embeds, pad_freq_embed, resize_freq_embed
 from .errors import CheckpointError
 from .layout import LAYOUTS, find_freq_embeds
 
@@ -42,10 +42,11 @@ def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
     :data:`~vheat_mm.checkpoint.layout.LAYOUTS`). Pure; the tensors are shared, not copied.
     """
     keys = set(state_dict)
-    if not {'classifier.3.weight', 'freq_embed.0'} <= keys:
+    fc_weight = f'{VHeat.FC_NAME}.weight'
+    if not {fc_weight, 'freq_embed.0'} <= keys:
         raise CheckpointError(
             'not an official vHeat classifier state dict (it needs freq_embed.0 and '
-            f'classifier.3.weight); keys found: {sorted(keys)[:20]}')
+            f'{fc_weight}); keys found: {sorted(keys)[:20]}')
     renames = LAYOUTS['official'].to_mmpretrain
     converted = {}
     for key, value in state_dict.items():
