@@ -10,7 +10,8 @@ import torch
 
 timm = pytest.importorskip('timm')
 
-import vheat_mm  # noqa: E402  (registers the timm models)
+import vheat_mm  # noqa: E402
+import vheat_mm.timm_models  # noqa: E402  (registers the timm models)
 from helpers import ROOT, CountingServer, load_script, mini_arch, remove_checkpoints  # noqa: E402
 from vheat_mm.checkpoint import PRETRAINED_URLS, CheckpointError  # noqa: E402
 
@@ -18,7 +19,7 @@ NAMES = ['vheat_tiny', 'vheat_small', 'vheat_base']
 
 
 def test_import_registers_the_timm_models():
-    assert vheat_mm.TIMM_MODELS == tuple(NAMES)
+    assert vheat_mm.timm_models.MODEL_NAMES == tuple(NAMES)
     assert set(NAMES) <= set(timm.list_models('vheat_*'))
     cfg = timm.models.get_pretrained_cfg('vheat_small')
     assert cfg.url == PRETRAINED_URLS['small']
