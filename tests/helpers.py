@@ -16,9 +16,10 @@ import pytest
 import torch
 
 __all__ = ['ROOT', 'CONFIGS', 'DATA', 'DAMAGED_FILES', 'MINI', 'MINI_POST', 'TOOL_TIMEOUT',
-           'CountingServer', 'as_tuple', 'free_port', 'load_script', 'mini_arch', 'python_tool',
-           'rel_error', 'remove_checkpoints', 'run_tool', 'synthetic_shapes', 'write_config',
-           'write_crafted_checkpoint', 'write_damaged_checkpoint']
+           'CountingServer', 'as_tuple', 'free_port', 'load_script', 'mini_arch',
+           'one_line_message', 'python_tool', 'rel_error', 'remove_checkpoints', 'run_tool',
+           'synthetic_shapes', 'write_config', 'write_crafted_checkpoint',
+           'write_damaged_checkpoint']
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'configs'
@@ -80,6 +81,15 @@ def run_tool(*args: str | os.PathLike, timeout: float = TOOL_TIMEOUT, env: dict 
 def python_tool(script: str, *args: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
     """:func:`run_tool` for ``script`` (a path in the repository) with this Python."""
     return run_tool(sys.executable, ROOT / script, *args, **kwargs)
+
+
+def one_line_message(error: pytest.ExceptionInfo, *names: str) -> str:
+    """The message of ``error``: one line of bounded length that holds each of ``names``."""
+    message = str(error.value)
+    assert '\n' not in message and len(message) < 2000, message[:2000]
+    for name in names:
+        assert name in message, message
+    return message
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -2,7 +2,12 @@
 
 - :mod:`.io`: reading with ``torch.load(weights_only=True)`` on the CPU (the official training
   code's yacs config read as a plain dict), and one line on why a file is refused (the unsafe
-  globals torch lists, NaN or inf weights) or cannot be read (empty, truncated...).
+  globals torch lists, keys that are not strings, NaN or inf weights) or cannot be read
+  (empty, truncated...).
+- :mod:`.archive`: the zip archive checked before ``torch.load``: no compressed record, none
+  larger than the file, every CRC-32 right, no pickle whose shared parts nest to an
+  exponential size.
+- :mod:`.messages`: keys and values of a checkpoint cut to a bounded length in messages.
 - :mod:`.download`: an http(s) URL is downloaded once into torch hub's checkpoint cache, as
   mmengine does, kept only if complete and readable, its sha256 recorded and checked on every
   use, then read the same way.
@@ -18,25 +23,28 @@
 - :mod:`.load`: :func:`load_pretrained` reads, converts and loads a checkpoint into a model.
 - :mod:`.atomic`: :func:`write_checkpoint` and :func:`replaced_atomically` write atomically.
 """
+from .archive import check_archive
 from .atomic import leftover_temporaries, replaced_atomically, write_checkpoint
 from .convert import (CONVERSION_MODES, check_downstream_sizes, checkpoint_filter_fn,
                       convert_freq_embeds, official_to_mmpretrain, official_to_model)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
 from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
-from .io import (OfficialConfig, RefusedCall, check_finite, read_checkpoint,
+from .io import (OfficialConfig, RefusedCall, check_finite, check_string_keys, read_checkpoint,
                  reading_official_checkpoints)
 from .layout import (FREQ_EMBED_ENTRIES, LAYOUTS, STATE_DICT_ENTRIES, FreqEmbedKey, Layout,
                      find_freq_embeds, find_layout, find_state_dict, is_state_dict,
-                     select_prefix, weight_entries)
+                     named_weight_entries, select_prefix, weight_entries)
 from .load import LoadReport, load_pretrained
+from .messages import shown, shown_keys
 
 __all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'MIN_FIT', 'PRETRAINED_URLS',
            'STATE_DICT_ENTRIES', 'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport',
-           'OfficialConfig', 'RefusedCall', 'cached_download', 'check_downstream_sizes',
-           'check_finite', 'check_fit', 'checkpoint_filter_fn', 'convert_freq_embeds',
-           'find_freq_embeds', 'find_layout', 'find_state_dict', 'is_state_dict', 'is_url',
-           'leftover_temporaries', 'load_pretrained', 'official_to_mmpretrain',
-           'official_to_model', 'read_checkpoint', 'reading_official_checkpoints',
-           'replaced_atomically', 'select_prefix', 'strict_loading', 'strict_loading_enabled',
-           'weight_entries', 'write_checkpoint']
+           'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
+           'check_downstream_sizes', 'check_finite', 'check_fit', 'check_string_keys',
+           'checkpoint_filter_fn', 'convert_freq_embeds', 'find_freq_embeds', 'find_layout',
+           'find_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries', 'load_pretrained',
+           'named_weight_entries', 'official_to_mmpretrain', 'official_to_model', 'read_checkpoint',
+           'reading_official_checkpoints', 'replaced_atomically', 'select_prefix', 'shown',
+           'shown_keys', 'strict_loading', 'strict_loading_enabled', 'weight_entries',
+           'write_checkpoint']

@@ -16,10 +16,11 @@ from typing import Mapping, NamedTuple
 from torch import Tensor
 
 from .errors import CheckpointError
+from .messages import shown, shown_keys
 
 __all__ = ['Layout', 'LAYOUTS', 'STATE_DICT_ENTRIES', 'FREQ_EMBED_ENTRIES', 'FreqEmbedKey',
-           'find_layout', 'find_state_dict', 'is_state_dict', 'select_prefix', 'weight_entries',
-           'find_freq_embeds']
+           'find_layout', 'find_state_dict', 'is_state_dict', 'named_weight_entries',
+           'select_prefix', 'weight_entries', 'find_freq_embeds']
 
 
 class Layout(NamedTuple):
@@ -73,12 +74,12 @@ def find_layout(checkpoint: Mapping, entry: str | None = None) -> tuple[str, str
                if isinstance(checkpoint.get(key), Mapping)]
     if entry is not None:
         if entry not in STATE_DICT_ENTRIES:
-            raise ValueError(f'unknown checkpoint entry {entry!r}; choose one of '
+            raise ValueError(f'unknown checkpoint entry {shown(entry)}; choose one of '
                              f'{list(STATE_DICT_ENTRIES)}')
         chosen = [(name, key) for name, key in present if key == entry]
         if not chosen:
             raise CheckpointError(f'the checkpoint has no {entry!r} entry (top-level keys: '
-                                  f'{sorted(map(str, checkpoint))[:20]})')
+                                  f'{shown_keys(checkpoint)})')
         return chosen[0]
     if present:
         return present[0]
@@ -86,7 +87,7 @@ def find_layout(checkpoint: Mapping, entry: str | None = None) -> tuple[str, str
         return 'bare', None
     raise CheckpointError(
         f'no state dict found: expected one of the entries {list(STATE_DICT_ENTRIES)} or a '
-        f'mapping of tensors, found keys {sorted(map(str, checkpoint))[:20]}')
+        f'mapping of tensors, found keys {shown_keys(checkpoint)}')
 
 
 def find_state_dict(checkpoint: Mapping, entry: str | None = None) -> dict[str, Tensor]:
@@ -95,11 +96,17 @@ def find_state_dict(checkpoint: Mapping, entry: str | None = None) -> dict[str, 
     return dict(checkpoint if key is None else checkpoint[key])
 
 
+def named_weight_entries(checkpoint: Mapping) -> list[tuple[str | None, Mapping]]:
+    """Every state dict a checkpoint holds, with its entry: its :data:`LAYOUTS` entries, or
+    ``[(None, checkpoint)]`` when it is a bare state dict."""
+    entries = [(key, checkpoint[key]) for key in STATE_DICT_ENTRIES
+               if isinstance(checkpoint.get(key), Mapping)]
+    return entries or ([(None, checkpoint)] if is_state_dict(checkpoint) else [])
+
+
 def weight_entries(checkpoint: Mapping) -> list[Mapping]:
     """Every state dict a checkpoint holds: its :data:`LAYOUTS` entries, or itself when bare."""
-    entries = [checkpoint[key] for key in STATE_DICT_ENTRIES
-               if isinstance(checkpoint.get(key), Mapping)]
-    return entries or ([checkpoint] if is_state_dict(checkpoint) else [])
+    return [mapping for _, mapping in named_weight_entries(checkpoint)]
 
 
 def select_prefix(state_dict: Mapping[str, Tensor], prefix: str | None) -> dict[str, Tensor]:
@@ -116,8 +123,8 @@ def select_prefix(state_dict: Mapping[str, Tensor], prefix: str | None) -> dict[
     head = prefix.rstrip('.') + '.'
     selected = {k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)}
     if not selected:
-        raise CheckpointError(f'no key starts with {head!r}; the checkpoint has keys such as '
-                              f'{sorted(state_dict)[:10]}')
+        raise CheckpointError(f'no key starts with {shown(head)}; the checkpoint has keys such '
+                              f'as {shown_keys(state_dict, 10)}')
     return selected
 
 
@@ -141,17 +148,15 @@ def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
         official, mmengine = (', '.join(LAYOUTS[name].entries) for name in ('official', 'mmengine'))
         raise CheckpointError(
             f'unknown checkpoint layout: expected an official entry ({official}) or an mmengine '
-            f'entry ({mmengine}), found top-level keys {sorted(map(str, checkpoint))}')
+            f'entry ({mmengine}), found top-level keys {shown_keys(checkpoint)}')
     found = []
     for entry, pattern in present:
         keys = [FreqEmbedKey(entry, key, int(match.group(1))) for key in checkpoint[entry]
-                if (match := pattern.fullmatch(str(key)))]
+                if isinstance(key, str) and (match := pattern.fullmatch(key))]
         if not keys:
-            names = sorted(map(str, checkpoint[entry]))
-            shown = ', '.join(names[:20]) + (f', ... ({len(names)} keys)' if len(names) > 20
-                                             else '')
             raise CheckpointError(f'no freq_embed in the checkpoint entry {entry!r} (is it a '
                                   f'vHeat checkpoint?): expected keys freq_embed.<stage> or '
-                                  f'backbone.freq_embed.<stage>; keys found: {shown or "none"}')
+                                  f'backbone.freq_embed.<stage>; keys found: '
+                                  f'{shown_keys(checkpoint[entry], as_list=False) or "none"}')
         found.extend(sorted(keys, key=lambda k: (k.stage, k.key)))
     return found

@@ -12,10 +12,13 @@ from .errors import CheckpointError
 from .fit import check_fit
 from .io import read_checkpoint
 from .layout import find_state_dict, select_prefix
+from .messages import cut, shown_keys
 
 __all__ = ['LoadReport', 'load_pretrained']
 
 logger = logging.getLogger(__name__)
+
+_KEYS_LISTED = 100  # keys a report line lists
 
 
 @dataclass
@@ -34,7 +37,7 @@ class LoadReport:
                f'{self.total} tensors']
         if self.resized:
             out.append(f'freq_embed fitted ({self.fit_mode}) to the model: '
-                       + ', '.join(self.resized))
+                       + _listed(self.resized))
         out.extend(self.mismatch_lines())
         return out
 
@@ -42,11 +45,16 @@ class LoadReport:
         out = []
         if self.missing:
             out.append(f'missing in the checkpoint, left as initialised ({len(self.missing)}): '
-                       + ', '.join(self.missing))
+                       + _listed(self.missing))
         if self.unexpected:
             out.append(f'in the checkpoint but not in the model, ignored '
-                       f'({len(self.unexpected)}): ' + ', '.join(self.unexpected))
+                       f'({len(self.unexpected)}): ' + _listed(self.unexpected))
         return out
+
+
+def _listed(keys: list[str]) -> str:
+    """Keys of a report line, each cut to a bounded length, at most :data:`_KEYS_LISTED`."""
+    return shown_keys(keys, _KEYS_LISTED, as_list=False)
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | None = None,
@@ -69,11 +77,12 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     except ValueError as err:  # e.g. a freq_embed larger than the model's, under 'pad'
         raise CheckpointError(f'{path}: {err}') from None
     own = model.state_dict()
-    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+    mismatched = [f'{cut(k)}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in converted.items() if k in own and v.shape != own[k].shape]
     if mismatched:
+        more = f'; ... ({len(mismatched)} tensors)' if len(mismatched) > _KEYS_LISTED else ''
         raise CheckpointError(f'{path}: tensors that cannot fit the model: '
-                              + '; '.join(mismatched))
+                              + '; '.join(mismatched[:_KEYS_LISTED]) + more)
     report = LoadReport(
         path=os.fspath(path),
         loaded=len(set(own) & set(converted)),

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import (LAYOUTS, STATE_DICT_ENTRIES, CheckpointError, check_fit, find_layout,
                           is_state_dict, official_to_model)
+from ..checkpoint.messages import shown_keys
 from ..models import VHeatTrunk, fit_freq_embeds
 
 __all__ = ['LAYOUT_MARK', 'RequireRunnerCheckpointHook', 'load_state_dict', 'remember_source',
@@ -121,7 +122,7 @@ def load_state_dict(module: nn.Module, state_dict: Mapping, strict: bool = False
         raise CheckpointError(
             f"cannot load checkpoint {source}: it is neither a runner checkpoint (with "
             f"'state_dict') nor of a known layout (entries {', '.join(STATE_DICT_ENTRIES)}) "
-            f'nor a state dict; top-level keys: {sorted(map(str, state_dict))[:20]}')
+            f'nor a state dict; top-level keys: {shown_keys(state_dict)}')
     target = _unwrapped(module)
     own = {k: v.shape for k, v in target.state_dict().items()
            if not k.endswith('num_batches_tracked')}
@@ -180,7 +181,7 @@ class RequireRunnerCheckpointHook(Hook):
             return
         source = source_of(checkpoint)
         what = (f'an {checkpoint[LAYOUT_MARK]}' if LAYOUT_MARK in checkpoint
-                else f'a checkpoint with the top-level keys {sorted(map(str, checkpoint))[:10]}')
+                else f'a checkpoint with the top-level keys {shown_keys(checkpoint, 10)}')
         raise CheckpointError(
             f"cannot resume from {source}: it holds {what}, not a checkpoint of mmengine's "
             f"runner (with 'state_dict' and 'meta'); to start from its weights, give it as "

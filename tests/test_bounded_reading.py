@@ -1,0 +1,250 @@
+"""Tiny or damaged checkpoints end in one bounded line naming the file, on every path.
+
+- A zip archive with a deflated record of 3 GiB (3 MB on disk) is refused without inflating.
+- One changed byte in a tensor record fails the record's CRC-32.
+- A key that is not a string is named; one whose repr is exponentially long is cut, and a
+  pickle whose shared parts nest deep (a dict key that would take hours to hash) is refused
+  before it is unpickled.
+"""
+import collections
+import io
+import pickle
+import re
+import struct
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.runner import load_checkpoint
+
+import vheat_mm.mm  # noqa: F401  (mmengine reads checkpoints through the safe reader)
+from helpers import MINI, ROOT, load_script, one_line_message
+from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
+from vheat_mm.checkpoint.messages import MAX_SHOWN, shown, shown_keys
+from vheat_mm.models import VHeat
+
+interpolate = load_script(ROOT / 'interpolate4downstream.py')
+
+
+@pytest.fixture(autouse=True)
+def _scoped():
+    """Runners and registries set mmengine's default scope: restore it after, so that later
+    tests build in the registries they name."""
+    from mmengine.registry import DefaultScope
+    saved = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)
+
+
+@pytest.fixture
+def state():
+    return VHeat(MINI, img_size=64, num_classes=5).state_dict()
+
+
+class _Storage:
+    """Stands for the storage of the tensor a bomb archive holds."""
+
+
+_STORAGE = _Storage()
+
+
+class _Zeros:
+    """Pickles as torch.save pickles a uint8 tensor of ``numel`` values in record 0."""
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2,
+                (_STORAGE, 0, (self.numel,), (1,), False, collections.OrderedDict()))
+
+
+def tensor_pickle(numel: int) -> bytes:
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=2)
+    pickler.persistent_id = lambda obj: (('storage', torch.ByteStorage, '0', 'cpu', numel)
+                                         if obj is _STORAGE else None)
+    pickler.dump({'weight': _Zeros(numel)})
+    return buffer.getvalue()
+
+
+def write_zip(path: Path, records) -> None:
+    """A zip archive of ``(name, chunks, method, crc, uncompressed size)`` records."""
+    central = []
+    with open(path, 'wb') as file:
+        for name, chunks, method, crc, size in records:
+            encoded, offset, stored = name.encode(), file.tell(), sum(map(len, chunks))
+            file.write(struct.pack('<4s5H3L2H', b'PK\x03\x04', 20, 0, method, 0, 0, crc, stored,
+                                   size, len(encoded), 0) + encoded)
+            for chunk in chunks:
+                file.write(chunk)
+            central.append(struct.pack('<4s6H3L5H2L', b'PK\x01\x02', 20, 20, 0, method, 0, 0, crc,
+                                       stored, size, len(encoded), 0, 0, 0, 0, 0, offset)
+                           + encoded)
+        start = file.tell()
+        file.write(b''.join(central))
+        file.write(struct.pack('<4s4H2LH', b'PK\x05\x06', 0, 0, len(central), len(central),
+                               file.tell() - start, start, 0))
+
+
+def write_deflate_bomb(path: Path, size: int = 3 << 30) -> None:
+    """An archive as torch.save lays it out whose tensor of ``size`` zero bytes is one deflated
+    record: a deflate segment of 16 MiB of zeros, complete in itself, repeated."""
+    block = 1 << 24
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = compressor.compress(bytes(block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    final = zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    crc, zeros = 0, bytes(block)
+    for _ in range(size // block):
+        crc = zlib.crc32(zeros, crc)
+    pkl = tensor_pickle(size)
+
+    def stored(name, data):
+        return name, [data], zipfile.ZIP_STORED, zlib.crc32(data), len(data)
+
+    write_zip(path, [stored('archive/data.pkl', pkl), stored('archive/byteorder', b'little'),
+                     ('archive/data/0', [segment] * (size // block) + [final],
+                      zipfile.ZIP_DEFLATED, crc, size),
+                     stored('archive/version', b'3\n')])
+
+
+def test_a_deflated_record_of_gigabytes_is_refused_without_inflating(tmp_path):
+    path = tmp_path / 'bomb.pth'
+    write_deflate_bomb(path)
+    assert path.stat().st_size < 4 << 20
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert time.perf_counter() - start < 2
+    with zipfile.ZipFile(path) as archive:
+        stored = archive.getinfo('archive/data/0').compress_size
+    assert one_line_message(error) == (
+        f"refusing to load {path}: its record 'archive/data/0' is compressed (deflate, {stored} "
+        f"bytes that would inflate to 3221225472); torch.save never compresses its records, so "
+        f"torch.save did not write this file")
+
+
+def flip_a_byte(path: Path) -> str:
+    """Change the middle byte of the largest tensor record of ``path``; returns its name."""
+    with zipfile.ZipFile(path) as archive:
+        record = max((r for r in archive.infolist() if '/data/' in r.filename),
+                     key=lambda r: r.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from('<HH', data, record.header_offset + 26)
+    where = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+    data[where] ^= 0x10
+    path.write_bytes(bytes(data))
+    return record.filename
+
+
+def read_by(path: str, how: str) -> None:
+    """Read ``path`` the way ``how`` names."""
+    if how == 'read_checkpoint':
+        read_checkpoint(path)
+    elif how == 'load_pretrained':
+        load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
+    elif how == 'mmengine load_checkpoint':
+        load_checkpoint(VHeat(MINI, img_size=64, num_classes=5), path)
+    else:
+        try:
+            interpolate.main(['--pt_pth', path, '--pt_size', '64', '--tg_pth',
+                              f'{path}.out', '--tg_size', '128'])
+        except SystemExit as done:
+            prefix = 'interpolate4downstream.py: error: '
+            assert str(done.code).startswith(prefix)
+            raise CheckpointError(str(done.code)[len(prefix):]) from None
+
+
+PATHS = ['read_checkpoint', 'load_pretrained', 'mmengine load_checkpoint',
+         'interpolate4downstream.py']
+
+
+@pytest.mark.parametrize('how', PATHS)
+def test_one_changed_byte_fails_the_records_crc(tmp_path, state, how):
+    path = tmp_path / 'flipped.pth'
+    torch.save({'model': state}, path)
+    record = flip_a_byte(path)
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    assert re.fullmatch(rf'cannot read checkpoint {re.escape(str(path))}: its record '
+                        rf"'{re.escape(record)}' does not match its CRC-32 \(listed [0-9a-f]{{8}}, "
+                        r'read [0-9a-f]{8}\): the file is damaged .*', one_line_message(error))
+    assert not Path(f'{path}.out').exists()
+
+
+def nested_tuple(depth: int = 26) -> tuple:
+    """A tuple whose repr is 2**depth pairs long: each level holds the level below twice."""
+    key = ()
+    for _ in range(depth):
+        key = (key, key)
+    return key
+
+
+@pytest.mark.parametrize('how', PATHS)
+@pytest.mark.parametrize('where', ['model entry', 'top level'])
+def test_a_key_that_is_not_a_string_is_named(tmp_path, state, how, where):
+    path = tmp_path / 'odd_key.pth'
+    odd = {'model': {**state, 7: torch.zeros(2)}} if where == 'model entry' \
+        else {'model': state, 7: 'notes'}
+    torch.save(odd, path)
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    what = "a key of its 'model' entry" if where == 'model entry' else 'a top-level key'
+    assert one_line_message(error) == (f'refusing to load {path}: {what}, 7, is not a string but '
+                                       f'of type int (a checkpoint and its state dicts are keyed '
+                                       f'by names)')
+
+
+@pytest.mark.parametrize('how', PATHS)
+def test_a_key_whose_repr_is_exponential_is_cut(tmp_path, how):
+    path = tmp_path / 'key_bomb.pth'
+    torch.save({'model': {nested_tuple(18): torch.zeros(1)}}, path)
+    assert path.stat().st_size < 4096
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    assert one_line_message(error, str(path), "a key of its 'model' entry, ((((((((")
+    assert len(str(error.value)) < len(str(path)) + 300
+
+
+class _DictOf:
+    """Pickles as an OrderedDict of one item, without hashing its key while pickling."""
+
+    def __init__(self, key, value) -> None:
+        self.item = (key, value)
+
+    def __reduce__(self):
+        return (collections.OrderedDict, (), None, None, iter([self.item]))
+
+
+@pytest.mark.parametrize('how', PATHS)
+def test_a_pickle_of_shared_parts_nested_deep_is_refused_before_unpickling(tmp_path, how):
+    """Unpickling a dict whose key is such a tuple would hash 2**31 tuples."""
+    path = tmp_path / 'hash_bomb.pth'
+    torch.save({'model': _DictOf(nested_tuple(30), torch.zeros(1))}, path)
+    assert path.stat().st_size < 4096
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    assert time.perf_counter() - start < 2
+    assert re.fullmatch(rf"refusing to load {re.escape(str(path))}: its pickle "
+                        r"'hash_bomb/data\.pkl' builds a value of more than \d+ items from \d+ "
+                        r'bytes \(the same parts nested in each other: .*\)',
+                        one_line_message(error))
+
+
+def test_shown_cuts_every_kind_of_value():
+    assert shown('weight') == "'weight'" and shown(7) == '7' and shown((1,)) == '(1,)'
+    assert shown({'a': torch.zeros(2, 3)}) == "{'a': <Tensor (2, 3) torch.float32>}"
+    for value in (nested_tuple(40), 'k' * 10**7, b'\0' * 10**7, 7**100000, list(range(10**6)),
+                  {i: (i,) * 100 for i in range(10**4)}):
+        start = time.perf_counter()
+        text = shown(value)
+        assert len(text) <= MAX_SHOWN and text.endswith(('...', '>'))
+        assert time.perf_counter() - start < 0.1
+    assert shown_keys(['b', 'a']) == "['a', 'b']"
+    assert shown_keys(map(str, range(30)), 2) == "['0', '1', ... (30 keys)]"
+    assert shown_keys(['b', 'a'], as_list=False) == 'a, b'
