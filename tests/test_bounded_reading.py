@@ -29,17 +29,6 @@ from vheat_mm.models import VHeat
 interpolate = load_script(ROOT / 'interpolate4downstream.py')
 
 
-@pytest.fixture(autouse=True)
-def _scoped():
-    """Runners and registries set mmengine's default scope: restore it after, so that later
-    tests build in the registries they name."""
-    from mmengine.registry import DefaultScope
-    saved = dict(DefaultScope._instance_dict)
-    yield
-    DefaultScope._instance_dict.clear()
-    DefaultScope._instance_dict.update(saved)
-
-
 @pytest.fixture
 def state():
     return VHeat(MINI, img_size=64, num_classes=5).state_dict()
