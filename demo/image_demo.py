@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mmengine.config import Config
 
-import vheat_mm  # noqa: F401  (registers vHeat; the configs import it too)
+import vheat_mm.mm  # noqa: F401  (registers vHeat; the configs import vheat_mm too)
+from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.tool_config import TOOLBOXES
 
 
@@ -77,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         image = resolve_image(args.image, Path(tmp))
-        result = infer(image, args.config, weights=args.weights, out_dir=args.out_dir,
-                       device=args.device)
+        try:
+            result = infer(image, args.config, weights=args.weights, out_dir=args.out_dir,
+                           device=args.device)
+        except CheckpointError as err:  # an unsafe, damaged or badly fitting --weights
+            sys.exit(f'image_demo.py: error: {err}')
     keys = sorted(result) if isinstance(result, dict) else type(result).__name__
     print(f'{args.config} on {args.image}: result with {keys}; picture in {args.out_dir}/vis')
     return 0

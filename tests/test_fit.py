@@ -11,6 +11,7 @@ from helpers import MINI, python_tool
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, strict_loading
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat, VHeatFeatures
+import vheat_mm.timm_models  # noqa: F401  registers vheat_tiny/small/base with timm
 
 DEEPER = dict(MINI, depths=(1, 1, 6, 1))  # as vHeat-S is to vHeat-T
 

@@ -12,6 +12,7 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 import vheat_mm
+import vheat_mm.mm
 from helpers import (DAMAGED_FILES, DATA, MINI, ROOT, load_script, mini_arch,
                      write_crafted_checkpoint, write_damaged_checkpoint)
 from vheat_mm.checkpoint import CheckpointError
@@ -45,7 +46,7 @@ def smooth_input(h, w):
 
 
 def test_import_registers_into_every_toolbox():
-    assert vheat_mm.REGISTERED_INTO == ('mmpretrain', 'mmdet', 'mmseg')
+    assert vheat_mm.mm.REGISTERED_INTO == ('mmpretrain', 'mmdet', 'mmseg')
 
 
 @pytest.mark.parametrize('toolbox,name', NAMES)

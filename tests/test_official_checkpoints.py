@@ -26,6 +26,7 @@ from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoin
 from vheat_mm.mm import tool_config
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat
+import vheat_mm.timm_models  # noqa: F401  registers vheat_tiny/small/base with timm
 
 CHECKOUT = Path(os.environ.get('VHEAT_OFFICIAL_CHECKOUT', '/nonexistent'))
 FIXTURE = torch.load(DATA / 'vheat_official_mini.pt', weights_only=True)['prenorm']

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-import vheat_mm
+import vheat_mm.mm
 from vheat_mm import VHeat
 
 
@@ -90,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {problem}', file=sys.stderr)
         return 1
     image = synthetic_image(*args.size)
-    print(f'vheat_mm {vheat_mm.__version__}: registered into {", ".join(vheat_mm.REGISTERED_INTO)}')
+    print(f'vheat_mm {vheat_mm.__version__}: registered into {", ".join(vheat_mm.mm.REGISTERED_INTO)}')
     print(f'input image {tuple(image.shape)}')
 
     official_tiny = dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, img_size=512)
     builds = [('mmpretrain', 'vHeat', {}), ('mmdet', 'vHeat', {}), ('mmseg', 'vHeat', {}),
               ('mmdet', 'MMDET_VHEAT', official_tiny), ('mmseg', 'MMSEG_VHEAT', official_tiny)]
     for toolbox, name, kwargs in builds:
-        if toolbox not in vheat_mm.REGISTERED_INTO:
+        if toolbox not in vheat_mm.mm.REGISTERED_INTO:
             print(f'{toolbox}: not installed, skipped')
             continue
         registry = importlib.import_module(f'{toolbox}.registry').MODELS

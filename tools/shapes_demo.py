@@ -64,7 +64,7 @@ def save_predictions(checkpoint: Path, data_root: Path, out_path: Path, num_imag
     from mmengine.structures import InstanceData
     from pycocotools.coco import COCO
 
-    import vheat_mm  # noqa: F401  (registers the backbone)
+    import vheat_mm.mm  # noqa: F401  (registers the backbone)
 
     model = init_detector(str(CONFIG), str(checkpoint), device='cpu')
     visualizer = DetLocalVisualizer(name=f'shapes_demo_{out_path.stem}')

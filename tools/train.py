@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import vheat_mm  # noqa: F401  registers vHeat and allowlists mmengine's checkpoint types
+import vheat_mm.mm  # noqa: F401  registers vHeat, mmengine reads checkpoints safely
 from vheat_mm.checkpoint import CheckpointError, strict_loading
 from vheat_mm.mm import tool_config
 from vheat_mm.mm.work_dir_lock import WorkDirInUse

@@ -1,7 +1,8 @@
 """vHeat as timm models: ``timm.create_model('vheat_tiny' | 'vheat_small' | 'vheat_base', ...)``.
 
 A timm model file: it imports timm, and its ``@register_model`` functions register the three
-names when it is imported (``import vheat_mm`` imports it when timm is installed). The model is
+names when it is imported (``import vheat_mm`` imports it where timm is imported already;
+elsewhere ``import vheat_mm.timm_models`` does). The model is
 :class:`~vheat_mm.models.VHeat` itself (official state-dict keys), which has timm's interface:
 ``forward_features`` (the last stage, NCHW), ``forward_head(pre_logits=...)``,
 ``get_classifier`` / ``reset_classifier`` (``global_pool=''``: the unpooled map, of

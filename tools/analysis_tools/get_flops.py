@@ -35,7 +35,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
-import vheat_mm  # noqa: F401  registers vHeat
+import vheat_mm.mm  # noqa: F401  registers vHeat
+from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.mm import tool_config
 
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         result = get_flops(args.config, args.shape, args.cfg_options, deploy=not args.no_deploy)
-    except tool_config.ToolConfigError as err:
+    except (tool_config.ToolConfigError, CheckpointError) as err:
         sys.exit(f'get_flops.py: error: {err}')
     print(report(result))
 

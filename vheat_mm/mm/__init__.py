@@ -1,4 +1,7 @@
-"""Registration of the vHeat backbone into the installed OpenMMLab toolboxes.
+"""Registration of the vHeat backbone into the installed OpenMMLab toolboxes, on import.
+
+``import vheat_mm.mm`` (which ``import vheat_mm`` does where mmengine is imported, as in a
+config's ``custom_imports``, and the project's tools do) runs :func:`register_all`.
 
 Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
 ``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
@@ -33,7 +36,7 @@ def register_all() -> tuple[str, ...]:
     from .backbone import VHeatBackbone, build_official_backbone
     from .checkpoint_hook import AtomicCheckpointHook
     from .ema_hook import RawAndEMAHook
-    from .reporting import forward_logs_to_mmengine, one_line_checkpoint_errors
+    from .reporting import forward_logs_to_mmengine
     from .safe_load import allow_mmengine_checkpoints, use_weights_only_loading
     from .state_dict_loading import RequireRunnerCheckpointHook, use_vheat_state_dict_loading
 
@@ -41,7 +44,6 @@ def register_all() -> tuple[str, ...]:
     use_weights_only_loading()
     use_vheat_state_dict_loading()
     forward_logs_to_mmengine()
-    one_line_checkpoint_errors()
     for hook in (AtomicCheckpointHook, RequireRunnerCheckpointHook, RawAndEMAHook):
         if hook.__name__ not in HOOKS.module_dict:
             HOOKS.register_module(module=hook)
@@ -63,3 +65,6 @@ def register_all() -> tuple[str, ...]:
                               f'{taken.__module__}); vheat_mm left it in place')
         done.append(toolbox)
     return tuple(done)
+
+
+REGISTERED_INTO = register_all()

@@ -3,20 +3,15 @@
 - The plain-PyTorch layers log through Python's ``logging`` under the ``vheat_mm`` logger (for
   example each freq_embed resized while loading). :func:`forward_logs_to_mmengine` sends those
   records to mmengine's current logger, so they appear in a runner's log like its own lines.
-- A :class:`~vheat_mm.checkpoint.CheckpointError` that no one catches (a truncated, empty or
-  crafted checkpoint given to a toolbox's own ``tools/test.py``) ends the program with the one
-  line the project's own tools print, ``PROGRAM: error: MESSAGE`` naming the file, instead of a
-  traceback: :func:`one_line_checkpoint_errors`.
+- The project's tools print a :class:`~vheat_mm.checkpoint.CheckpointError` as one line,
+  ``PROGRAM: error: MESSAGE`` naming the file; in a toolbox's own ``tools/test.py`` the
+  traceback ends with that message.
 """
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
-from ..checkpoint import CheckpointError
-
-__all__ = ['forward_logs_to_mmengine', 'one_line_checkpoint_errors']
+__all__ = ['forward_logs_to_mmengine']
 
 
 class _MMEngineHandler(logging.Handler):
@@ -35,20 +30,3 @@ def forward_logs_to_mmengine() -> None:
         logger.addHandler(_MMEngineHandler())
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
             logger.setLevel(logging.INFO)
-
-
-def one_line_checkpoint_errors() -> None:
-    """Print an uncaught CheckpointError as ``PROGRAM: error: MESSAGE`` on stderr (exit
-    status 1), as ``tools/train.py`` and ``tools/test.py`` do."""
-    previous = sys.excepthook
-    if getattr(previous, 'vheat_mm', False):
-        return
-
-    def hook(kind, value, traceback):
-        if issubclass(kind, CheckpointError):
-            print(f'{os.path.basename(sys.argv[0])}: error: {value}', file=sys.stderr)
-            return
-        previous(kind, value, traceback)
-
-    hook.vheat_mm = True
-    sys.excepthook = hook
