@@ -1,11 +1,11 @@
 """Import-order workaround: the official detection code first, vheat_mm after it.
 
-``import vheat_mm`` registers MMDET_VHEAT and MMSEG_VHEAT into mmdet and mmseg, and so does
-the official detection module, which mmengine refuses where the name is taken (vheat_mm leaves
-a taken name in place). So benchmark.py calls :func:`import_official_first` before anything
-else, and the benchmarking code reaches vheat_mm only through :func:`vheat_models`, on first
-use. Once importing vheat_mm.models registers nothing, this module goes: callers import
-``vheat_mm.models`` at their top and benchmark.py drops its call.
+Where mmengine is imported already (OpenMMLab's Swin is built here), ``import vheat_mm``
+imports ``vheat_mm.mm``, which registers MMDET_VHEAT and MMSEG_VHEAT into mmdet and mmseg; so
+does the official detection module, which mmengine refuses where the name is taken (vheat_mm
+leaves a taken name in place). So benchmark.py calls :func:`import_official_first` before
+anything else, and the benchmarking code reaches vheat_mm only through :func:`vheat_models`,
+on first use.
 """
 from __future__ import annotations
 
