@@ -19,6 +19,7 @@ NAMES = ['vheat_tiny', 'vheat_small', 'vheat_base']
 
 
 def test_import_registers_the_timm_models():
+    assert NAMES == [f'vheat_{arch}' for arch in PRETRAINED_URLS]  # one per released arch
     assert vheat_mm.timm_models.MODEL_NAMES == tuple(NAMES)
     assert set(NAMES) <= set(timm.list_models('vheat_*'))
     cfg = timm.models.get_pretrained_cfg('vheat_small')

@@ -15,6 +15,7 @@ from typing import Mapping, NamedTuple
 
 from torch import Tensor
 
+from ..models import VHeat
 from .errors import CheckpointError
 from .messages import shown, shown_keys
 
@@ -44,7 +45,7 @@ LAYOUTS: dict[str, Layout] = {
     'mmengine': Layout(entries=('state_dict',), freq_embed=_FREQ_EMBED, to_mmpretrain={}),
     'official': Layout(entries=('model_ema', 'model'), freq_embed=_FREQ_EMBED,
                        to_mmpretrain={'classifier.0.': 'backbone.outnorm3.',
-                                      'classifier.3.': 'head.fc.', '': 'backbone.'}),
+                                      f'{VHeat.FC_NAME}.': 'head.fc.', '': 'backbone.'}),
     'DeepSpeed': Layout(entries=('module',), freq_embed=None, to_mmpretrain={}),
 }
 STATE_DICT_ENTRIES = tuple(entry for layout in LAYOUTS.values() for entry in layout.entries)
