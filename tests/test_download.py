@@ -42,6 +42,7 @@ def test_hash_in_the_name_is_checked(served, tmp_path):
     cache = tmp_path / 'cache'
     path = cached_download(server.url(f'vHeat_tiny-{digest[:10]}.pth'), str(cache))
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
+    assert Path(path).name == f'vHeat_tiny-{digest[:10]}.pth'  # torch hub's name: its hash
     cached_download(server.url(f'vHeat_tiny-{digest[:10]}.pth'), str(cache))
     assert server.counts[f'/vHeat_tiny-{digest[:10]}.pth'] == 1  # read from the cache after
 

@@ -44,9 +44,11 @@ def cached_download(url: str, model_dir: str | None = None, *, sha256: str | Non
 
     The cache name is the URL's file name with 16 hex digits of the sha256 of the whole URL
     (``best.<digest>.pth``), so two URLs never share a file. The official releases
-    (:data:`PRETRAINED_URLS`) keep their bare name, as mmengine, timm and torch hub name them:
-    a copy those tools downloaded is used if it reads as a checkpoint, they find ours, and from
-    then on the record (below) guards it.
+    (:data:`PRETRAINED_URLS`) and files named after their own sha256 (``NAME-<hex>.pth``, torch
+    hub's convention, as torchvision's weights are: a file of another content fails that check)
+    keep their bare name, as mmengine, timm and torch hub name them: a copy those tools
+    downloaded is used if it reads as a checkpoint, they find ours, and from then on the record
+    (below) guards it.
 
     A download goes to a temporary name and is renamed into place only once it is as long as
     its Content-Length, matches the expected sha256 and reads as a checkpoint
@@ -72,11 +74,11 @@ def cached_download(url: str, model_dir: str | None = None, *, sha256: str | Non
     filename = os.path.basename(urllib.parse.urlparse(url).path)
     if not filename:
         raise CheckpointError(f'cannot name a file after the URL {url}')
-    if url not in PRETRAINED_URLS.values():
+    in_name = _HASH_IN_NAME.search(filename)
+    if url not in PRETRAINED_URLS.values() and in_name is None:
         stem, ext = os.path.splitext(filename)
         filename = f'{stem}.{hashlib.sha256(url.encode()).hexdigest()[:16]}{ext}'
     cached = os.path.join(model_dir, filename)
-    in_name = _HASH_IN_NAME.search(os.path.basename(urllib.parse.urlparse(url).path))
     expected = sha256.lower() if sha256 else in_name and in_name.group(1)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
         and torch.distributed.get_world_size() > 1
