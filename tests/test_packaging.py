@@ -22,7 +22,7 @@ from helpers import ROOT, CountingServer, synthetic_shapes
 
 pytestmark = pytest.mark.e2e
 USE = '''
-import vheat_mm, torch
+import vheat_mm.mm, torch
 from mmdet.registry import MODELS
 from mmengine.registry import DefaultScope
 print(vheat_mm.__file__)
