@@ -6,7 +6,8 @@ from typing import Collection, Mapping
 
 from torch import Tensor, nn
 
-from ..models import VHeat, fit_freq_embeds, pad_freq_embed, resize_freq_embed
+from ..models import (VHeat, fit_freq_embeds, freq_embed_sizes, pad_freq_embed,
+                      resize_freq_embed)
 from .errors import CheckpointError
 from .layout import LAYOUTS, find_freq_embeds
 
@@ -121,9 +122,11 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
     converted = dict(checkpoint)
     for entry in dict.fromkeys(k.entry for k in found):
         converted[entry] = copy.copy(checkpoint[entry])  # keeps OrderedDict and its _metadata
+    stages = 1 + max((k.stage for k in found), default=-1)
+    pt_sides, tg_sides = freq_embed_sizes(pt_size, stages), freq_embed_sizes(tg_size, stages)
     for entry, key, stage in found:
         value = checkpoint[entry][key]
-        expected = pt_size // 4 // 2**stage
+        expected = pt_sides[stage]
         if not isinstance(value, Tensor) or value.dim() != 3 \
                 or tuple(value.shape[:2]) != (expected, expected):
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -131,7 +134,7 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
                 f'{entry}[{key!r}] has shape {shape}, but pt_size={pt_size} gives stage {stage} '
                 f'a ({expected}, {expected}, C) freq_embed; is pt_size the resolution the '
                 f'checkpoint was trained at?')
-        target = (tg_size // 4 // 2**stage,) * 2
+        target = (tg_sides[stage],) * 2
         converted[entry][key] = (pad_freq_embed(value, target) if mode == 'pad'
                                  else resize_freq_embed(value, target))
     return converted

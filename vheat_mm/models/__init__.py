@@ -9,9 +9,9 @@
 from .heat import dct_basis, heat_conduction, heat_decay_map, pad_freq_embed, resize_freq_embed
 from .heat_operator import CacheBudget, HeatConductionOperator, HeatContext, TensorCache
 from .vheat import (ARCH_SETTINGS, FREQ_EMBED_FITS, Arch, VHeat, VHeatFeatures, VHeatTrunk,
-                    fit_freq_embeds, resolve_arch)
+                    fit_freq_embeds, freq_embed_sizes, resolve_arch, stage_stride)
 
 __all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'CacheBudget', 'HeatConductionOperator',
            'HeatContext', 'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
-           'fit_freq_embeds', 'heat_conduction', 'heat_decay_map', 'pad_freq_embed',
-           'resize_freq_embed', 'resolve_arch']
+           'fit_freq_embeds', 'freq_embed_sizes', 'heat_conduction', 'heat_decay_map',
+           'pad_freq_embed', 'resize_freq_embed', 'resolve_arch', 'stage_stride']

@@ -32,7 +32,8 @@ from .layers import (Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNor
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
            'VHeatTrunk', 'FREQ_EMBED_FITS', 'check_freq_embed_fit', 'check_finite_values',
-           'check_images', 'fit_freq_embeds', 'resolve_arch']
+           'check_images', 'fit_freq_embeds', 'freq_embed_sizes', 'resolve_arch',
+           'stage_stride']
 
 # One node each in a symbolic trace (module docstring); the checks are defined below.
 for _name in ('build_heat_context', 'check_images', 'check_finite_values'):
@@ -49,6 +50,17 @@ ARCH_SETTINGS: dict[str, dict] = {
 _ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base'}
 _ARCH_KEYS = {'depths', 'dims', 'post_norm', 'layer_scale', 'mlp_ratio'}
 PATCH_SIZE = 4
+
+
+def stage_stride(stage: int) -> int:
+    """The stride of stage ``stage``'s features: the stem's PATCH_SIZE, halved per stage."""
+    return PATCH_SIZE * 2**stage
+
+
+def freq_embed_sizes(img_size: int, num_stages: int = 4) -> tuple[int, ...]:
+    """The side of each stage's square freq_embed grid for a model of ``img_size``:
+    img_size / 4 / 2^i for stage i."""
+    return tuple(img_size // stage_stride(i) for i in range(num_stages))
 
 
 class Arch(NamedTuple):
@@ -248,7 +260,7 @@ class VHeatTrunk(nn.Module):
         super().__init__()
         self.arch = resolve_arch(arch)
         self.freq_embed_fit = check_freq_embed_fit(freq_embed_fit)
-        self.total_stride = PATCH_SIZE * 2 ** (len(self.arch.depths) - 1)  # of the last stage
+        self.total_stride = stage_stride(len(self.arch.depths) - 1)  # of the last stage
         if img_size <= 0 or img_size % self.total_stride:
             raise ValueError(f'img_size must be a positive multiple of {self.total_stride} (the '
                              f'stride of the last stage), got {img_size}')
@@ -260,9 +272,9 @@ class VHeatTrunk(nn.Module):
         self.num_stages = len(depths)
 
         self.patch_embed = Stem(in_channels, dims[0])
-        res = [img_size // PATCH_SIZE // 2**i for i in range(self.num_stages)]
         self.freq_embed = nn.ParameterList(
-            nn.Parameter(torch.zeros(r, r, d)) for r, d in zip(res, dims))
+            nn.Parameter(torch.zeros(r, r, d))
+            for r, d in zip(freq_embed_sizes(img_size, self.num_stages), dims))
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
         for i, (depth, dim) in enumerate(zip(depths, dims)):
@@ -497,7 +509,7 @@ class VHeat(VHeatTrunk):
                  global_pool: str = 'avg', **kwargs):
         super().__init__(arch, **kwargs)
         self.num_features = self.head_hidden_size = self.arch.dims[-1]
-        self.feature_info = [dict(num_chs=dim, reduction=PATCH_SIZE * 2**i, module=f'layers.{i}')
+        self.feature_info = [dict(num_chs=dim, reduction=stage_stride(i), module=f'layers.{i}')
                              for i, dim in enumerate(self.arch.dims)]
         self.global_pool = self._check_global_pool(global_pool)
         self.num_classes = num_classes

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from vheat_mm.models import stage_stride
+
 from . import official
 from .cases import Case, set_mode
 
@@ -107,7 +109,8 @@ def timm_swin(arch, height: int, width: int, **kwargs) -> nn.Module:
     if name is None:
         raise Unavailable(f'timm has no Swin with depths {arch.depths} and stage widths '
                           f'{arch.dims}')
-    multiple = 4 * 2 ** (len(arch.depths) - 1) * SWIN_WINDOW  # whole windows everywhere
+    # Swin's stages have vHeat's strides; whole windows at every stage
+    multiple = stage_stride(len(arch.depths) - 1) * SWIN_WINDOW
     if height % multiple or width % multiple:
         raise Unavailable(f"timm's Swin needs sizes divisible by {multiple} (whole "
                           f'{SWIN_WINDOW}x{SWIN_WINDOW} windows at every stage)')
