@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import MINI, python_tool
-from vheat_mm.kernels.dispatch import KERNEL_NAMES
+from vheat_mm.kernels.dispatch import SWITCH_NAMES
 
 CHECKOUT = Path(os.environ.get('VHEAT_OFFICIAL_CHECKOUT', '/nonexistent'))
 MINI_JSON = json.dumps(dict(MINI, depths=list(MINI['depths'])))
@@ -175,7 +175,7 @@ def test_kernel_ablation_table(tmp_path):
                              'autocast, CPU')
     assert header.endswith('; median of 2 rounds')
     rows = ablation_rows(done.stdout)
-    assert list(rows) == ['all', *(f'-{name}' for name in KERNEL_NAMES), 'eager']
+    assert list(rows) == ['all', *(f'-{name}' for name in SWITCH_NAMES), 'eager']
     for name, (speed, ratio, vs_eager, vs_float32) in rows.items():
         assert float(speed) > 0, name
         assert vs_eager == '0.00e+00', name
@@ -192,7 +192,7 @@ def test_kernel_ablation_check_passes_every_kernel():
                        env=dict(ONE_THREAD, TRITON_INTERPRET='1' if interpreted else '0'))
     lines = done.stdout.splitlines()
     assert lines[-1] == ''
-    assert [line.split(':')[0] for line in lines[:-1]] == list(KERNEL_NAMES)
+    assert [line.split(':')[0] for line in lines[:-1]] == list(SWITCH_NAMES)
     for line in lines[:-1]:
         assert re.fullmatch(r'\w+: forward error \S+, gradient error \S+ ok', line), line
 

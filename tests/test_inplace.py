@@ -11,7 +11,8 @@ from torch import nn
 from helpers import MINI, MINI_POST
 from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.layers import (DepthwiseConv3x3, GatedLayerNorm, LayerNorm, Mlp,
-                                    PointwiseConv, PointwiseLinear, may_overwrite)
+                                    PointwiseConv, PointwiseLinear)
+from vheat_mm.policy import may_overwrite
 from vheat_mm.models.vheat import HeatBlock
 
 MINI_SCALED = dict(MINI, layer_scale=0.5)  # pre-norm with layer scale

@@ -8,13 +8,16 @@ types are checked against the float32 reference within their rounding.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers import MINI, MINI_POST, as_tuple, rel_error
-from vheat_mm.kernels import (dispatch, kernel_switches, layer_norm, layer_norm_silu,
-                              linear_gelu, residual_layer_norm, triton_runs)
+from vheat_mm.kernels import (Route, dispatch, kernel_switches, layer_norm, layer_norm_silu,
+                              linear_gelu, residual_layer_norm, route)
 from vheat_mm.kernels import attenuate, dwconv, fused_linear, norm
 from vheat_mm.models import VHeat, VHeatFeatures
 
@@ -85,7 +88,7 @@ def test_norm_dispatch_half_types(dtype):
     the half type's rounding of the float32 reference; gradients flow in training."""
     x, z, r = (randn(2, 6, 10, 40, dtype=dtype) for _ in range(3))
     w, b, gamma = randn(40), randn(40), randn(40)
-    assert triton_runs('norm', x)
+    assert route('layer_norm', x) is Route.INFERENCE
     xf, zf, rf = x.float(), z.float(), r.float()
     ref = F.layer_norm(xf, (40,), w, b, 1e-6)
     cases = [(layer_norm(x, w, b, 1e-6), ref),
@@ -126,7 +129,7 @@ def test_linear_gelu_dispatch_half_types(dtype):
     x = randn(2, 9, 11, 24, dtype=dtype)
     w = randn(96, 24, 1, 1) / 24 ** 0.5  # the MLP's (out, in, 1, 1) weight, float32
     b = randn(96)
-    assert triton_runs('linear_gelu', x)
+    assert route('linear_gelu', x) is Route.INFERENCE
     with torch.no_grad():
         out = linear_gelu(x, w, b)
     assert out.dtype == dtype and out.shape == (2, 9, 11, 96)
@@ -157,10 +160,10 @@ def test_depthwise_conv3x3_dispatch_half_types(dtype):
 
 def test_float32_and_disabled_switches_take_the_eager_path():
     x = randn(2, 4, 4, 16)
-    assert not triton_runs('norm', x)
+    assert route('layer_norm', x) is Route.EAGER
     with kernel_switches(norm=False):
-        assert not triton_runs('norm', x.bfloat16())
-    assert triton_runs('norm', x.bfloat16())
+        assert route('layer_norm', x.bfloat16()) is Route.EAGER
+    assert route('layer_norm', x.bfloat16()) is Route.INFERENCE
     with pytest.raises(TypeError, match='unknown kernel switch'):
         with kernel_switches(nrom=False):
             pass
@@ -243,10 +246,92 @@ def test_attenuate_dispatch_half_types(dtype):
     from vheat_mm.models.heat import attenuate as attenuate_spectrum
     spectrum = randn(2, 6, 10, 24, dtype=dtype).requires_grad_()
     attenuation = torch.rand(6, 10, 24, device=DEVICE).requires_grad_()
-    assert triton_runs('attenuate', spectrum)
+    assert route('attenuate_with_grad', spectrum, attenuation) is Route.AUTOGRAD
     out = attenuate_spectrum(spectrum, attenuation)
     assert out.dtype == dtype
     assert rel_error(out, spectrum.float() * attenuation) < half_bound(dtype)
     out.float().sum().backward()
     assert spectrum.grad.dtype == dtype and attenuation.grad.dtype == torch.float32
     torch.testing.assert_close(attenuation.grad, spectrum.float().sum(0), rtol=1e-3, atol=1e-3)
+
+
+# --- every kernel down every route -------------------------------------------------------------
+
+def _kernel_arguments(name: str) -> tuple:
+    """Arguments of a call of kernel ``name`` as the model makes it under bfloat16 autocast:
+    bfloat16 activations, float32 parameters (the float32 attenuation for attenuate)."""
+    act = dict(dtype=torch.bfloat16)
+    if name == 'layer_norm':
+        return randn(2, 5, 7, 40, **act), randn(40), randn(40), 1e-6
+    if name == 'layer_norm_silu':
+        return randn(2, 5, 7, 40, **act), randn(2, 5, 7, 40, **act), randn(40), randn(40), 1e-6
+    if name == 'residual_layer_norm':
+        return (randn(2, 5, 7, 40, **act), randn(2, 5, 7, 40, **act), randn(40), randn(40), 1e-6,
+                randn(40))
+    if name == 'linear_gelu':
+        return randn(2, 5, 7, 24, **act), randn(96, 24) / 24 ** 0.5, randn(96)
+    if name == 'depthwise_conv3x3':
+        return randn(2, 6, 13, 40, **act), randn(40, 1, 3, 3), randn(40)
+    if name == 'attenuate_with_grad':
+        return randn(2, 6, 10, 24, **act), torch.rand(6, 10, 24, device=DEVICE)
+    raise AssertionError(f'kernel {name} has no arguments in this test: add them')
+
+
+def _run_recording_route(name: str, args: tuple, monkeypatch, grad: bool):
+    """Call kernel ``name`` under bfloat16 autocast; returns its output, the gradients of its
+    tensor arguments (with ``grad``) and the route it took."""
+    from vheat_mm import kernels
+    function = getattr(kernels, name)
+    module = importlib.import_module(function.__module__)
+    taken = []
+
+    def recording_route(*a, **kw):
+        taken.append(dispatch.route(*a, **kw))
+        return taken[-1]
+    monkeypatch.setattr(module, 'route', recording_route)
+    args = tuple(a.detach().clone().requires_grad_(grad) if isinstance(a, torch.Tensor) else a
+                 for a in args)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+        out = function(*args)
+    grads = ()
+    if grad:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        grads = torch.autograd.grad(out.float().square().sum(), tensors)
+    monkeypatch.undo()
+    assert len(taken) == 1, f'{name} asked route() {len(taken)} times'
+    return out, grads, taken[0]
+
+
+@pytest.mark.parametrize('name', sorted(dispatch.KERNELS))
+def test_each_kernel_agrees_on_its_eager_inference_and_autograd_routes(name, monkeypatch):
+    """Every kernel of dispatch.KERNELS, called as the model calls it, takes the route that
+    dispatch.route decides (the eager reference with its switch off, the inference kernel
+    without gradients, the autograd kernels or the reference with them), and the routes agree
+    on the output and the gradients."""
+    switch, backward = dispatch.KERNELS[name]
+    args = _kernel_arguments(name)
+    with kernel_switches(**{switch: False}):
+        eager, eager_grads, path = _run_recording_route(name, args, monkeypatch, grad=True)
+        assert path is Route.EAGER
+        eager_no_grad, _, path = _run_recording_route(name, args, monkeypatch, grad=False)
+        assert path is Route.EAGER
+    inference, _, path = _run_recording_route(name, args, monkeypatch, grad=False)
+    assert path is Route.INFERENCE
+    trained, grads, path = _run_recording_route(name, args, monkeypatch, grad=True)
+    assert path is (Route.AUTOGRAD if backward else Route.EAGER)
+    for out in (eager_no_grad, inference, trained):
+        assert out.dtype == eager.dtype and out.shape == eager.shape
+        assert rel_error(out, eager) < half_bound(torch.bfloat16)
+    for got, want in zip(grads, eager_grads):
+        assert got.dtype == want.dtype
+        assert rel_error(got, want) < 2 * half_bound(torch.bfloat16)
+
+
+def test_kernels_lists_every_public_kernel_function():
+    """dispatch.KERNELS names exactly the public functions of vheat_mm.kernels that run a
+    kernel (those defined outside dispatch)."""
+    from vheat_mm import kernels
+    public = {name for name in kernels.__all__ if inspect.isfunction(getattr(kernels, name))
+              and getattr(kernels, name).__module__ != dispatch.__name__}
+    assert public == set(dispatch.KERNELS)
+    assert {k.switch for k in dispatch.KERNELS.values()} == set(dispatch.SWITCH_NAMES)

@@ -31,17 +31,17 @@ import torch
 
 from benchmarking.measure import Timer, device_description, interleaved_rounds, iterations
 from vheat_mm.kernels import SWITCHES, kernel_switches
-from vheat_mm.kernels.dispatch import INTERPRET, KERNEL_NAMES
+from vheat_mm.kernels.dispatch import INTERPRET, SWITCH_NAMES
 from vheat_mm.models import VHeat
 
 AMP = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def variants() -> dict[str, dict[str, bool]]:
-    everything = {name: True for name in KERNEL_NAMES}
+    everything = {name: True for name in SWITCH_NAMES}
     table = {'all': everything}
-    table.update({f'-{name}': dict(everything, **{name: False}) for name in KERNEL_NAMES})
-    table['eager'] = {name: False for name in KERNEL_NAMES}
+    table.update({f'-{name}': dict(everything, **{name: False}) for name in SWITCH_NAMES})
+    table['eager'] = {name: False for name in SWITCH_NAMES}
     return table
 
 
@@ -64,11 +64,11 @@ def check(args, device: torch.device) -> list[str]:
     x = torch.randn(2, 3, 64, 64, device=device)
     dtype = AMP[args.amp]
     failed = []
-    for name in KERNEL_NAMES:
+    for name in SWITCH_NAMES:
         try:
             outs, grads = [], []
             for on in (True, False):
-                with kernel_switches(**{n: (on and n == name) for n in KERNEL_NAMES}), \
+                with kernel_switches(**{n: (on and n == name) for n in SWITCH_NAMES}), \
                         torch.autocast(device.type, dtype=dtype):
                     model.eval()
                     with torch.no_grad():

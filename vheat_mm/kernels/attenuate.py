@@ -1,19 +1,20 @@
-"""The spectrum times the attenuation decay ** k, with its gradients, for training.
+"""The spectrum times the attenuation decay ** k out of place, with its gradients.
 
 ``spectrum`` (B, H, W, C) in a half type times ``attenuation`` (H, W, C) in float32, the product
 computed in float32 and stored in the spectrum's dtype. The backward needs the gradient of the
 spectrum (the incoming gradient times the attenuation) and of the attenuation (the incoming
 gradient times the spectrum, summed over the batch): one Triton kernel computes both, each
 program looping over the batch for its block of (h, w, c) positions, so the batch reduction
-costs no extra pass and no extra kernels. Without gradients the model scales the spectrum in
-place instead (:func:`vheat_mm.models.heat.attenuate`).
+costs no extra pass and no extra kernels. Without gradients the forward kernel runs alone;
+the model calls this only where it may not scale the spectrum in place
+(:func:`vheat_mm.models.heat.attenuate`).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .dispatch import HAVE_TRITON, triton_runs
+from .dispatch import HAVE_TRITON, Route, compiled_as_custom_op, route
 
 __all__ = ['attenuate_with_grad']
 
@@ -21,10 +22,14 @@ BLOCK = 256  # positions per program
 
 
 def attenuate_with_grad(spectrum: Tensor, attenuation: Tensor) -> Tensor:
-    """``spectrum * attenuation`` for training; the Triton kernels where :mod:`.dispatch` says,
-    else the eager product with the attenuation cast to the spectrum's dtype."""
-    if triton_runs('attenuate', spectrum) and not torch.compiler.is_compiling() \
-            and attenuation.dtype == torch.float32:
+    """``spectrum * attenuation`` out of place, for a float32 ``attenuation``: the Triton
+    kernels where :func:`~.dispatch.route` says, else the eager product with the attenuation
+    cast to the spectrum's dtype."""
+    path = route('attenuate_with_grad', spectrum, attenuation,
+                 supported=attenuation.dtype == torch.float32)
+    if path is Route.INFERENCE:
+        return _attenuate_inference(spectrum, attenuation)
+    if path is Route.AUTOGRAD:
         return _AttenuateFunction.apply(spectrum, attenuation)
     return spectrum * attenuation.to(spectrum.dtype)
 
@@ -60,18 +65,30 @@ if HAVE_TRITON:
         tl.store(DA + pos, acc, mask=ok)
 
 
+def _product_like(spectrum: Tensor, attenuation: Tensor) -> Tensor:
+    return torch.empty_like(spectrum, memory_format=torch.contiguous_format)
+
+
+@compiled_as_custom_op('vheat_mm::attenuate', _product_like)
+def _attenuate_inference(spectrum: Tensor, attenuation: Tensor) -> Tensor:
+    """The forward kernel on contiguous copies (views) of both tensors."""
+    spectrum = spectrum.contiguous()
+    attenuation = attenuation.contiguous()
+    b, p = spectrum.shape[0], attenuation.numel()
+    out = torch.empty_like(spectrum)
+    _attenuate_fwd_kernel[(triton.cdiv(p, BLOCK),)](spectrum, attenuation, out, b, p,
+                                                     BLOCK=BLOCK, num_warps=4)
+    return out
+
+
 class _AttenuateFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spectrum: Tensor, attenuation: Tensor) -> Tensor:
         spectrum = spectrum.contiguous()
         attenuation = attenuation.contiguous()
-        b, p = spectrum.shape[0], attenuation.numel()
-        out = torch.empty_like(spectrum)
-        _attenuate_fwd_kernel[(triton.cdiv(p, BLOCK),)](spectrum, attenuation, out, b, p,
-                                                         BLOCK=BLOCK, num_warps=4)
         ctx.save_for_backward(spectrum, attenuation)
-        return out
+        return _attenuate_inference(spectrum, attenuation)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -1,32 +1,45 @@
-"""When a Triton kernel runs instead of its eager PyTorch reference.
+"""Which path each kernel call takes: the eager reference, the inference kernel or the autograd one.
 
-Every fast path in :mod:`vheat_mm.kernels` has an eager reference beside it, and the model calls
-the dispatching function, never a kernel directly. A kernel runs when
+Every fast path in :mod:`vheat_mm.kernels` has an eager PyTorch reference beside it, and the
+model calls the public function, never a kernel directly. Each public function asks
+:func:`route` once and takes one of three branches:
 
-- Triton imports and the kernel's switch in :data:`SWITCHES` is on (all are, by default);
-- the activation is a CUDA tensor in a half type (bfloat16 or float16: autocast, or a model cast
-  to that type); float32 keeps the eager path, and so its numerics;
-- for training (autograd recording), ``torch.compile`` is not tracing: the compiler then fuses
-  the eager code itself. Inference kernels are registered as custom operators
-  (:func:`compiled_as_custom_op`), which ``torch.compile`` keeps in its graph as they are.
+- ``Route.EAGER``: the reference. Taken unless Triton imports, the kernel's switch in
+  :data:`SWITCHES` is on (all are, by default), the activation is a CUDA tensor in a half type
+  (bfloat16 or float16: autocast, or a model cast to that type; float32 keeps the reference and
+  so its numerics), ``torch.export`` is not tracing (exported programs hold operators that
+  exporters know), and the kernel's own condition holds (``supported``);
+- ``Route.INFERENCE``: the forward kernel, where autograd records nothing
+  (:func:`vheat_mm.policy.needs_grad`). It is registered as a custom operator
+  (:func:`compiled_as_custom_op`), which ``torch.compile`` keeps in its graph as it is;
+- ``Route.AUTOGRAD``: the forward and backward kernels (an ``autograd.Function``), where
+  autograd records the call, the kernel has a backward, and ``torch.compile`` is not tracing
+  (the compiler then fuses the eager code itself). A kernel without a backward takes the
+  reference instead.
+
+:data:`KERNELS` lists every public kernel function with its switch and whether it has a
+backward; a test runs each one down all three routes.
 
 ``VHEAT_MM_DISABLE_KERNELS=norm,dwconv`` (names of :class:`KernelSwitches`, or ``all``) in the
 environment turns kernels off for a whole process; :func:`kernel_switches` does it for a block.
 
 Tests run the kernels on CPU tensors through Triton's interpreter: with ``TRITON_INTERPRET=1`` in
-the environment before Triton is imported, ``kernel_switches(cpu_interpreter=True)`` lets the
-dispatch choose them for CPU tensors too.
+the environment before Triton is imported, ``kernel_switches(cpu_interpreter=True)`` lets
+:func:`route` choose them for CPU tensors too.
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
+
+from ..policy import is_exporting, needs_grad
 
 try:
     import triton  # noqa: F401
@@ -37,8 +50,8 @@ except ImportError:  # CPU-only installs of torch may come without Triton
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
-__all__ = ['HAVE_TRITON', 'INTERPRET', 'KERNEL_NAMES', 'KernelSwitches', 'SWITCHES',
-           'compiled_as_custom_op', 'kernel_switches', 'needs_grad', 'triton_runs']
+__all__ = ['HAVE_TRITON', 'INTERPRET', 'KERNELS', 'SWITCH_NAMES', 'Kernel', 'KernelSwitches',
+           'Route', 'SWITCHES', 'compiled_as_custom_op', 'kernel_switches', 'route']
 
 
 @dataclasses.dataclass
@@ -51,7 +64,7 @@ class KernelSwitches:
     cpu_interpreter: bool = False  # tests: kernels on CPU tensors under TRITON_INTERPRET=1
 
 
-KERNEL_NAMES = tuple(f.name for f in dataclasses.fields(KernelSwitches)
+SWITCH_NAMES = tuple(f.name for f in dataclasses.fields(KernelSwitches)
                      if f.name != 'cpu_interpreter')
 
 
@@ -59,11 +72,11 @@ def _switches_from_environment() -> KernelSwitches:
     names = {n.strip() for n in os.environ.get('VHEAT_MM_DISABLE_KERNELS', '').split(',')
              if n.strip()}
     if 'all' in names:
-        names = set(KERNEL_NAMES)
-    unknown = names - set(KERNEL_NAMES)
+        names = set(SWITCH_NAMES)
+    unknown = names - set(SWITCH_NAMES)
     if unknown:
         raise ValueError(f'VHEAT_MM_DISABLE_KERNELS: unknown kernel {sorted(unknown)}; choose '
-                         f'from {list(KERNEL_NAMES)} or all')
+                         f'from {list(SWITCH_NAMES)} or all')
     return KernelSwitches(**{name: False for name in names})
 
 
@@ -87,26 +100,53 @@ def kernel_switches(**values: bool) -> Iterator[KernelSwitches]:
             setattr(SWITCHES, name, getattr(before, name))
 
 
-def needs_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd records an operation on ``tensors`` (None entries are skipped)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+class Route(enum.Enum):
+    """The path of one kernel call (module docstring)."""
+    EAGER = 'eager'
+    INFERENCE = 'inference'
+    AUTOGRAD = 'autograd'
 
 
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)  # torch >= 2.5
-    return bool(is_exporting and is_exporting())
-
-
-def triton_runs(switch: str, x: Tensor) -> bool:
-    """Whether the kernel behind ``switch`` runs for activation ``x`` (module docstring; a
-    kernel with an autograd backward also checks that ``torch.compile`` is not tracing)."""
+def _kernel_may_run(switch: str, x: Tensor) -> bool:
     if not HAVE_TRITON or not getattr(SWITCHES, switch) or x.dtype not in HALF_TYPES:
         return False
-    if _is_exporting():  # torch.export / ONNX: the eager code, in operators exporters know
+    if is_exporting():
         return False
     if x.is_cuda:
         return True
     return INTERPRET and SWITCHES.cpu_interpreter and x.device.type == 'cpu'
+
+
+class Kernel(NamedTuple):
+    """A public kernel function's switch in :class:`KernelSwitches`, and whether it has an
+    autograd backward."""
+    switch: str
+    backward: bool
+
+
+#: Every public kernel function of :mod:`vheat_mm.kernels`, by name.
+KERNELS: dict[str, Kernel] = {
+    'layer_norm': Kernel('norm', backward=True),
+    'layer_norm_silu': Kernel('norm', backward=True),
+    'residual_layer_norm': Kernel('norm', backward=False),
+    'linear_gelu': Kernel('linear_gelu', backward=False),
+    'depthwise_conv3x3': Kernel('dwconv', backward=False),
+    'attenuate_with_grad': Kernel('attenuate', backward=True),
+}
+
+
+def route(kernel: str, x: Tensor, *reads: Tensor | None, supported: bool = True) -> Route:
+    """The path (module docstring) of a call of ``kernel`` (a name in :data:`KERNELS`) on
+    activation ``x`` that also reads ``reads`` (None entries skipped); ``supported`` is the
+    kernel's own condition on its arguments."""
+    switch, backward = KERNELS[kernel]
+    if not supported or not _kernel_may_run(switch, x):
+        return Route.EAGER
+    if not needs_grad(x, *reads):
+        return Route.INFERENCE
+    if backward and not torch.compiler.is_compiling():
+        return Route.AUTOGRAD
+    return Route.EAGER
 
 
 def compiled_as_custom_op(qualname: str, fake: Callable[..., Tensor]
@@ -114,15 +154,20 @@ def compiled_as_custom_op(qualname: str, fake: Callable[..., Tensor]
     """Decorator for an inference kernel's launcher: called as it is in eager mode, and through
     the custom operator ``qualname`` (with ``fake`` giving its output's shape and dtype) while
     ``torch.compile`` traces, so that compiled graphs run the same kernel. The launcher takes
-    tensors, optional tensors and floats, and returns one tensor."""
+    tensors, optional tensors and floats, and returns one tensor. A launcher may end with an
+    optional ``out``, a contiguous tensor of the result's shape to write into; the call passes
+    it as ``out=`` in eager mode only (a compiled graph allocates its result: the compiler
+    plans the buffers, and the operator mutates none of its arguments)."""
 
     def wrap(launch: Callable[..., Tensor]) -> Callable[..., Tensor]:
         op = torch.library.custom_op(qualname, mutates_args=())(launch)
         op.register_fake(fake)
 
         @functools.wraps(launch)
-        def call(*args):
-            return op(*args) if torch.compiler.is_compiling() else launch(*args)
+        def call(*args, out: Tensor | None = None):
+            if torch.compiler.is_compiling():
+                return op(*args)
+            return launch(*args) if out is None else launch(*args, out=out)
         return call
 
     return wrap

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import HAVE_TRITON, INTERPRET, compiled_as_custom_op, needs_grad, triton_runs
+from .dispatch import HAVE_TRITON, INTERPRET, Route, compiled_as_custom_op, route
 
 __all__ = ['depthwise_conv3x3']
 
 
 def depthwise_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """(B, H, W, C) channels-last ``x`` -> (B, H, W, C), ``weight`` of shape (C, 1, 3, 3)."""
-    if triton_runs('dwconv', x) and not needs_grad(x, weight, bias):
+    if route('depthwise_conv3x3', x, weight, bias) is Route.INFERENCE:
         return _depthwise_conv3x3_triton(x, weight, bias)
     out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=x.shape[-1])
     return out.permute(0, 2, 3, 1)

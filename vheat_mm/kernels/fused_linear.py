@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import HAVE_TRITON, INTERPRET, compiled_as_custom_op, needs_grad, triton_runs
+from .dispatch import HAVE_TRITON, INTERPRET, Route, compiled_as_custom_op, route
 
 __all__ = ['linear_gelu']
 
@@ -25,7 +25,7 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None,
     ``project(x, weight, bias)`` is the eager product (default ``F.linear``; the model passes
     its device-dependent one). ``inplace=True`` lets the eager GELU overwrite the product.
     """
-    if triton_runs('linear_gelu', x) and not needs_grad(x, weight, bias):
+    if route('linear_gelu', x, weight, bias) is Route.INFERENCE:
         return _linear_gelu_triton(x, weight.reshape(weight.shape[0], -1), bias)
     y = project(x, weight, bias)
     return torch.ops.aten.gelu_(y) if inplace else F.gelu(y)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import HALF_TYPES, HAVE_TRITON, compiled_as_custom_op, needs_grad, triton_runs
+from .dispatch import HALF_TYPES, HAVE_TRITON, Route, compiled_as_custom_op, route
 
 __all__ = ['layer_norm', 'layer_norm_silu', 'residual_layer_norm']
 
@@ -52,27 +52,18 @@ def _residual_layer_norm_eager(residual: Tensor, y: Tensor, weight: Tensor, bias
         if gamma is not None:
             normed.mul_(gamma)
         return normed.add_(residual)
-    return residual + (normed if gamma is None else normed * gamma)
+    return residual + (normed if gamma is None else normed * gamma.to(normed.dtype))
 
 
 # ----------------------------------------------------------------------------- public functions
-def _norm_kernels(x: Tensor, z: Tensor | None, weight: Tensor, bias: Tensor,
-                  eps: float) -> Tensor | None:
-    """LN(x), times SiLU(z) unless z is None, through the Triton kernels; None where the eager
-    path runs instead (see :mod:`.dispatch`)."""
-    if not triton_runs('norm', x):
-        return None
-    if not needs_grad(x, z, weight, bias):
-        return _norm_inference(x, z, None, None, weight, bias, eps)
-    if torch.compiler.is_compiling():
-        return None
-    return _LayerNormFunction.apply(x, z, weight, bias, eps)
-
-
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """``F.layer_norm`` over the last dimension, keeping ``x``'s dtype under autocast."""
-    out = _norm_kernels(x, None, weight, bias, eps)
-    return _layer_norm_eager(x, weight, bias, eps) if out is None else out
+    path = route('layer_norm', x, weight, bias)
+    if path is Route.INFERENCE:
+        return _norm_inference(x, None, None, None, weight, bias, eps)
+    if path is Route.AUTOGRAD:
+        return _LayerNormFunction.apply(x, None, weight, bias, eps)
+    return _layer_norm_eager(x, weight, bias, eps)
 
 
 def layer_norm_silu(u: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float, *,
@@ -82,8 +73,12 @@ def layer_norm_silu(u: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: flo
     ``inplace=True`` lets the eager path compute SiLU in ``z``'s storage (pass it only for a
     ``z`` nobody reads afterwards, and never while autograd records).
     """
-    out = _norm_kernels(u, z, weight, bias, eps)
-    return _layer_norm_silu_eager(u, z, weight, bias, eps, inplace) if out is None else out
+    path = route('layer_norm_silu', u, z, weight, bias)
+    if path is Route.INFERENCE:
+        return _norm_inference(u, z, None, None, weight, bias, eps)
+    if path is Route.AUTOGRAD:
+        return _LayerNormFunction.apply(u, z, weight, bias, eps)
+    return _layer_norm_silu_eager(u, z, weight, bias, eps, inplace)
 
 
 def residual_layer_norm(residual: Tensor, y: Tensor, weight: Tensor, bias: Tensor, eps: float,
@@ -94,12 +89,11 @@ def residual_layer_norm(residual: Tensor, y: Tensor, weight: Tensor, bias: Tenso
     reads afterwards, and never while autograd records). The Triton kernel serves inference;
     with gradients the eager path runs.
     """
-    if triton_runs('norm', y) and not needs_grad(residual, y, weight, bias, gamma) \
-            and residual.dtype == y.dtype:
-        if inplace and not torch.compiler.is_compiling():
-            return _norm_forward(y, None, weight, bias, eps, residual=residual, gamma=gamma,
-                                 out=y)[0]
-        return _norm_inference(y, None, residual, gamma, weight, bias, eps)
+    path = route('residual_layer_norm', y, residual, weight, bias, gamma,
+                 supported=residual.dtype == y.dtype)
+    if path is Route.INFERENCE:
+        return _norm_inference(y, None, residual, gamma, weight, bias, eps,
+                               out=y if inplace and y.is_contiguous() else None)
     return _residual_layer_norm_eager(residual, y, weight, bias, eps, gamma, inplace)
 
 
@@ -187,14 +181,15 @@ def _norm_forward(x: Tensor, z: Tensor | None, weight: Tensor, bias: Tensor, eps
                   residual: Tensor | None = None, gamma: Tensor | None = None,
                   out: Tensor | None = None, stats: bool = False
                   ) -> tuple[Tensor, Tensor | None]:
-    """Launch the forward kernel on contiguous rows; returns y and, with ``stats``, the
-    per-row mean and 1/std as one (2, rows) float32 tensor."""
+    """Launch the forward kernel on contiguous rows, into ``out`` (a contiguous tensor of x's
+    shape) if given; returns y and, with ``stats``, the per-row mean and 1/std as one
+    (2, rows) float32 tensor."""
     x = x.contiguous()
     n = x.shape[-1]
     m = x.numel() // n
     z = None if z is None else z.contiguous()
     residual = None if residual is None else residual.contiguous()
-    y = torch.empty_like(x) if out is None or not out.is_contiguous() else out
+    y = torch.empty_like(x) if out is None else out
     row_stats = torch.empty(2, m, device=x.device, dtype=torch.float32) if stats else None
     block_m, block_n, warps = _tile(n)
     _norm_fwd_kernel[(triton.cdiv(m, block_m),)](
@@ -207,15 +202,18 @@ def _norm_forward(x: Tensor, z: Tensor | None, weight: Tensor, bias: Tensor, eps
 
 
 def _norm_output_like(x: Tensor, z: Optional[Tensor], residual: Optional[Tensor],
-                      gamma: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+                      gamma: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float,
+                      out: Optional[Tensor] = None) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @compiled_as_custom_op('vheat_mm::norm_inference', _norm_output_like)
 def _norm_inference(x: Tensor, z: Optional[Tensor], residual: Optional[Tensor],
-                    gamma: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """The forward kernel without statistics: LN(x), times SiLU(z), or residual + gamma * LN."""
-    return _norm_forward(x, z, weight, bias, eps, residual=residual, gamma=gamma)[0]
+                    gamma: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float,
+                    out: Optional[Tensor] = None) -> Tensor:
+    """The forward kernel without statistics: LN(x), times SiLU(z), or residual + gamma * LN
+    (into ``out`` if given)."""
+    return _norm_forward(x, z, weight, bias, eps, residual=residual, gamma=gamma, out=out)[0]
 
 
 def _backward_programs(device: torch.device, blocks: int) -> int:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import attenuate_with_grad
-from .layers import may_overwrite
+from ..policy import may_overwrite
 
 __all__ = [
     'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
@@ -122,7 +122,7 @@ def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
     """``spectrum * attenuation`` in the spectrum's dtype (B, H, W, C) * (H, W, C).
 
     The spectrum is a fresh tensor (a transform's output), so where the in-place rule allows it
-    (:func:`~vheat_mm.models.layers.may_overwrite`) it is scaled in place: for a bfloat16
+    (:func:`~vheat_mm.policy.may_overwrite`) it is scaled in place: for a bfloat16
     spectrum and a float32 attenuation the products are computed in float32 and rounded once,
     to bfloat16. Otherwise (with autograd) the attenuation is cast to the spectrum's dtype
     first. (Type promotion alone would give a float32 tensor of the spectrum's size, twice the

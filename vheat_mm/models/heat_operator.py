@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..kernels import needs_grad
+from ..policy import cache_sources
 from .heat import (dct_basis, float32_under_autocast, has_size, heat_conduction,
                    heat_log_decay_map, resize_freq_embed)
 from .layers import (DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear,
@@ -153,18 +153,6 @@ def _same_values(kept: Sequence[Tensor], sources: Sequence[Tensor]) -> bool:
     return len(kept) == len(sources) and all(
         a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
         for a, b in zip(kept, sources))
-
-
-def cache_sources(deploy: bool, *weights: Tensor) -> tuple[Tensor, ...] | None:
-    """The cache rule (module docstring) for a tensor derived from ``weights``: None where it
-    must be computed anew (autograd needs it, or ``torch.compile`` traces outside the deploy
-    form, where values cannot be compared); otherwise the ``sources`` to give
-    :meth:`TensorCache.get`: the weights themselves, or none in the deploy form."""
-    if deploy:
-        return ()
-    if torch.compiler.is_compiling() or needs_grad(*weights):
-        return None
-    return weights
 
 
 class HeatContext(NamedTuple):

@@ -6,56 +6,41 @@ NCHW tensor in ``torch.channels_last`` format, so no layer needs a permute copy.
 ``forward`` is what runs (forward hooks on it fire); the fused kernels of
 :mod:`vheat_mm.kernels` run inside the forward of the module whose parameters they use.
 
-In-place rule. A step may write its result into the storage of a tensor it reads (``y.add_(x)``
-for ``x + y``, GELU or SiLU in place) only when
-
-1. autograd records nothing for the step (:func:`~vheat_mm.kernels.needs_grad` is False for
-   every tensor it reads), so no tensor saved for a backward pass changes; and
-2. the tensor written to is fresh: the step before made it for this step alone (its own
-   storage, not a view of an input, a parameter or a cached buffer).
-
-3. no forward hook can have seen the tensor written to: none is registered globally
-   (``register_module_forward_hook``), and, inside a vHeat model's forward, none on the model
-   or any of its modules (:func:`observed_by_hooks`), so what a hook stores keeps its value.
-
-Every branch returns a fresh tensor: the norms, pointwise linears, depthwise convolution and
-MLP here, and the HCO (:mod:`.heat_operator`); ``ChannelsLast``, a free view, is no branch. So
-the step after a branch may write into the branch's output: GELU into fc1's product, SiLU into
-the gate z, the layer scale and the residual sum into a block's branch output, the attenuation
-into the spectrum. :func:`may_overwrite` decides at every such site. It also checks that the
-target shares no storage with the other tensors the step reads, so a branch that returns its
-input (an ``nn.Identity`` put in its place, say) takes the out-of-place path instead of
-overwriting the residual stream. (Filling a tensor that the same function has just
-allocated, as drop_path's mask, is no update of another step's result.) tests/test_inplace.py
-checks the rule.
+In place. Every branch returns a fresh tensor: the norms, pointwise linears, depthwise
+convolution and MLP here, and the HCO (:mod:`.heat_operator`); ``ChannelsLast``, a free view,
+is no branch. So the step after a branch may write into the branch's output: GELU into fc1's
+product, SiLU into the gate z, the layer scale and the residual sum into a block's branch
+output, the attenuation into the spectrum. :func:`vheat_mm.policy.may_overwrite` (the in-place
+rule) decides at every such site, so a branch that returns its input (an ``nn.Identity`` put in
+its place, say) takes the out-of-place path instead of overwriting the residual stream.
+(Filling a tensor that the same function has just allocated, as drop_path's mask, is no update
+of another step's result.) tests/test_inplace.py checks the rule.
 
 Symbolic tracing (``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor``).
-A traced graph may return any node as a feature, so no traced step overwrites a node's value:
-:func:`may_overwrite` is False for a traced tensor. Each call into :mod:`vheat_mm.kernels` (and
+A traced graph may return any node as a feature, so no traced step overwrites a node's value
+(the in-place rule). Each call into :mod:`vheat_mm.kernels` (and
 :func:`pointwise`) is one node (``torch.fx.wrap``): they choose their path from the device,
 dtype and autograd state, which a trace does not know. :func:`traced_as_one_node` makes a whole
 module one node (the HCO, whose caches depend on the feature size).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 from collections import OrderedDict
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import (depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu, needs_grad,
+from ..kernels import (depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu,
                        residual_layer_norm)
+from ..policy import is_traced, may_overwrite, observed_by_hooks
 
 __all__ = ['ChannelsLast', 'DepthwiseConv3x3', 'Downsample', 'GatedLayerNorm', 'GlobalAvgPool',
            'LayerNorm', 'Mlp', 'PointwiseConv', 'PointwiseLinear', 'ResidualLayerNorm',
-           'SplitPointwiseLinear', 'Stem', 'drop_path', 'has_forward_hooks', 'is_traced',
-           'may_overwrite', 'observed_by_hooks', 'pointwise', 'pointwise_as_conv',
+           'SplitPointwiseLinear', 'Stem', 'drop_path', 'pointwise', 'pointwise_as_conv',
            'pointwise_gelu', 'traced_as_one_node']
 
 # One node each in a symbolic trace (module docstring); pointwise_gelu and call_module are
@@ -64,43 +49,6 @@ for _name in ('layer_norm', 'layer_norm_silu', 'residual_layer_norm', 'depthwise
               'pointwise', 'pointwise_gelu', 'call_module'):
     torch.fx.wrap(_name)
 del _name
-
-
-# Whether the forward running now is watched by a module's forward hook (observed_by_hooks).
-_HOOKED = contextvars.ContextVar('vheat_mm_hooked', default=False)
-
-
-def _global_hooks() -> bool:
-    module = torch.nn.modules.module
-    return bool(getattr(module, '_global_forward_hooks', None)
-                or getattr(module, '_global_forward_pre_hooks', None))
-
-
-def has_forward_hooks(module: nn.Module) -> bool:
-    """Whether a forward or forward-pre hook is registered on ``module``, any of its
-    submodules, or globally."""
-    return _global_hooks() or any(m._forward_hooks or m._forward_pre_hooks
-                                  for m in module.modules())
-
-
-@contextlib.contextmanager
-def observed_by_hooks(module: nn.Module) -> Iterator[None]:
-    """Inside the block (a model's forward), :func:`may_overwrite` refuses every in-place step
-    if a forward hook is registered on ``module`` or any of its submodules. Not entered while
-    ``torch.compile`` traces (the compiled graph keeps the semantics of eager mutation)."""
-    if torch.compiler.is_compiling():
-        yield
-        return
-    token = _HOOKED.set(_HOOKED.get() or has_forward_hooks(module))
-    try:
-        yield
-    finally:
-        _HOOKED.reset(token)
-
-
-def is_traced(*values: object) -> bool:
-    """Whether one of ``values`` is a value of a symbolic trace (a ``torch.fx.Proxy``)."""
-    return any(isinstance(v, torch.fx.Proxy) for v in values)
 
 
 def traced_as_one_node(forward: Callable) -> Callable:
@@ -120,30 +68,6 @@ def call_module(module: nn.Module, *args):
     """``module(*args)``, with :func:`observed_by_hooks` for the module (one node when traced)."""
     with observed_by_hooks(module):
         return module(*args)
-
-
-def may_overwrite(target: Tensor | None, *reads: Tensor | None) -> bool:
-    """The in-place rule (module docstring): whether a step that reads ``reads`` may write its
-    result into ``target``, a fresh tensor (None: one the step makes itself).
-
-    False while autograd records the step, while a forward hook may have seen ``target``
-    (:func:`observed_by_hooks`, and global hooks), when ``target`` shares storage with one of
-    ``reads``, or while a symbolic trace records the step. While ``torch.compile`` traces,
-    storages cannot be compared and only autograd is checked; the compiler then plans the
-    buffers itself.
-    """
-    if is_traced(target, *reads):
-        return False
-    if needs_grad(target, *reads):
-        return False
-    if torch.compiler.is_compiling():
-        return True
-    if _HOOKED.get() or _global_hooks():
-        return False
-    if target is None:
-        return True
-    storage = target.untyped_storage().data_ptr()
-    return all(t is None or t.untyped_storage().data_ptr() != storage for t in reads)
 
 
 def _nchw(x: Tensor) -> Tensor:
@@ -221,7 +145,7 @@ class LayerNorm(nn.LayerNorm):
 class GatedLayerNorm(LayerNorm):
     """The HCO's output norm with its gate: ``LN(u) * SiLU(z)``, one kernel on CUDA.
 
-    SiLU is computed in ``z``'s storage where :func:`may_overwrite` allows it.
+    SiLU is computed in ``z``'s storage where :func:`~vheat_mm.policy.may_overwrite` allows it.
     """
 
     def forward(self, u: Tensor, z: Tensor) -> Tensor:
@@ -234,7 +158,7 @@ class ResidualLayerNorm(LayerNorm):
 
     ``norm(y)`` is ``LN(y)``; ``norm(y, residual=x, gamma=g)`` is ``x + g * LN(y)`` in one step
     (one kernel on CUDA; ``gamma`` None means 1), written into ``y``'s storage where
-    :func:`may_overwrite` allows it.
+    :func:`~vheat_mm.policy.may_overwrite` allows it.
     """
 
     def forward(self, y: Tensor, residual: Tensor | None = None,
@@ -294,7 +218,7 @@ class PointwiseConv(nn.Conv2d):
     """1x1 ``nn.Conv2d`` (weight (C_out, C_in, 1, 1), as the official MLP's) on the channels of
     channels-last input, run by :func:`pointwise`, optionally followed by the exact GELU
     (``activation='gelu'``: one kernel on CUDA in half types, else GELU in the product's storage
-    where :func:`may_overwrite` allows it)."""
+    where :func:`~vheat_mm.policy.may_overwrite` allows it)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, activation: str | None = None):
         if activation not in (None, 'gelu'):

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from .heat import pad_freq_embed, resize_freq_embed
 from .heat_operator import (CacheBudget, HeatConductionOperator, HeatContext, TensorCache,
                             build_heat_context)
-from .layers import (Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem,
-                     drop_path, may_overwrite, observed_by_hooks)
+from ..policy import may_overwrite, observed_by_hooks
+from .layers import Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem, drop_path
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
            'VHeatTrunk', 'FREQ_EMBED_FITS', 'check_freq_embed_fit', 'check_finite_values',
@@ -112,7 +112,7 @@ class HeatBlock(nn.Module):
     (:class:`~vheat_mm.models.layers.ResidualLayerNorm`) also adds the branch to x in one step
     unless drop_path is active. ``gamma1``/``gamma2`` (layer scale) exist only when
     ``layer_scale`` is set. The layer scale and the residual sum are written into the branch's
-    output where the in-place rule allows (:func:`~vheat_mm.models.layers.may_overwrite`).
+    output where the in-place rule allows (:func:`~vheat_mm.policy.may_overwrite`).
     """
 
     def __init__(self, dim: int, *, mlp_ratio: float, post_norm: bool,
@@ -364,7 +364,7 @@ class VHeatTrunk(nn.Module):
         stages 0 to ``last`` only (the later ones do not run).
 
         No step runs in place while a forward hook is registered on the model or any of its
-        modules (:func:`~vheat_mm.models.layers.observed_by_hooks`).
+        modules (:func:`~vheat_mm.policy.observed_by_hooks`).
         """
         x = self._checked_finite(check_images(x, self.in_channels, self.total_stride), None)
         with observed_by_hooks(self):
