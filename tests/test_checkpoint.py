@@ -9,8 +9,8 @@ import torch
 
 from helpers import (DAMAGED_FILES, MINI, CountingServer, write_crafted_checkpoint,
                      write_damaged_checkpoint)
-from vheat_mm.checkpoint import (CheckpointError, RefusedCall, checkpoint_filter_fn,
-                                 load_pretrained, official_to_mmpretrain, read_checkpoint)
+from vheat_mm.checkpoint import (CheckpointError, RefusedCall, fit_state_dict, load_pretrained,
+                                 official_to_mmpretrain, read_checkpoint)
 from vheat_mm.models import VHeat, VHeatFeatures, resize_freq_embed
 
 
@@ -56,9 +56,9 @@ def test_prefix_selects_and_strips(tmp_path, classifier_state):
         load_pretrained(model, path, prefix='decoder')
 
 
-def test_filter_fn_is_pure(classifier_state):
+def test_fit_state_dict_is_pure(classifier_state):
     before = {k: v.clone() for k, v in classifier_state.items()}
-    out = checkpoint_filter_fn(classifier_state, VHeat(MINI, img_size=128, num_classes=5))
+    out = fit_state_dict(classifier_state, VHeat(MINI, img_size=128, num_classes=5))
     assert out['freq_embed.0'].shape == (32, 32, 8)
     assert all(torch.equal(before[k], classifier_state[k]) for k in before)
 

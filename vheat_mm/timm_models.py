@@ -14,36 +14,25 @@ wrapper, the only ``feature_cls`` allowed). timm's keyword ``in_chans`` is the m
 plain model does (no timm registration needed); TorchScript is refused.
 
 ``pretrained=True`` reads the official ImageNet-1k release named in the ``pretrained_cfg`` (or a
-local ``file`` given in ``pretrained_cfg_overlay``), through :func:`timm_filter_fn`: the official
-``{'model': ..., 'model_ema': ...}`` layout is unwrapped (timm reads ``model_ema`` first), a
-checkpoint of another resolution has its freq_embed fitted, and weights holding NaN or inf are
-refused. Files written by the official training code, with its yacs config, are read as they are
+local ``file`` given in ``pretrained_cfg_overlay``), through
+:func:`~vheat_mm.checkpoint.checkpoint_filter_fn`: the official ``{'model': ..., 'model_ema':
+...}`` layout is unwrapped (timm reads ``model_ema`` first), a checkpoint of another resolution
+has its freq_embed fitted, and weights holding NaN or inf are refused. Files written by the
+official training code, with its yacs config, are read as they are
 (:func:`~vheat_mm.checkpoint.reading_official_checkpoints`).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from torch import Tensor
 
-from .checkpoint import (PRETRAINED_URLS, check_finite, checkpoint_filter_fn, find_state_dict,
-                         reading_official_checkpoints)
+from .checkpoint import PRETRAINED_URLS, checkpoint_filter_fn, reading_official_checkpoints
 from .models import VHeat
 
-__all__ = ['MODEL_NAMES', 'register_timm_models', 'timm_filter_fn']  # and the model functions
+__all__ = ['MODEL_NAMES', 'register_timm_models']  # and the model functions
 
 MODEL_NAMES = tuple(f'vheat_{arch}' for arch in PRETRAINED_URLS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def timm_filter_fn(checkpoint: Mapping[str, Any], model: VHeat) -> dict[str, Tensor]:
-    """timm's ``pretrained_filter_fn``: the official layouts unwrapped, NaN or inf refused,
-    freq_embed fitted."""
-    state_dict = find_state_dict(checkpoint)
-    check_finite(state_dict, f'the pretrained weights of {type(model).__name__}')
-    return checkpoint_filter_fn(state_dict, model)
 
 
 def _pretrained_cfg(arch: str) -> dict:
@@ -74,7 +63,7 @@ def _create(variant: str, pretrained: bool, **kwargs) -> VHeat:
     with reading_official_checkpoints():  # timm reads the file inside
         return build_model_with_cfg(
             _vheat_with_timm_keywords, f'vheat_{variant}', pretrained,
-            pretrained_filter_fn=timm_filter_fn,
+            pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **kwargs)
 
 

@@ -14,10 +14,11 @@
 - :mod:`.layout`: the table of checkpoint layouts: the official one (``{'model': state_dict,
   ...}``, also ``model_ema``), mmengine's (``{'state_dict': ..., 'meta': ...}``, keys with or
   without a ``backbone.`` prefix), DeepSpeed's (``module``) and a bare state dict.
-- :mod:`.convert`: pure conversions: :func:`checkpoint_filter_fn` fits a state dict to a model,
-  :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's ``ImageClassifier``
-  keys, :func:`convert_freq_embeds` prepares a classification checkpoint for a larger
-  downstream resolution (what ``interpolate4downstream.py`` does).
+- :mod:`.convert`: pure conversions: :func:`fit_state_dict` fits a state dict to a model,
+  :func:`checkpoint_filter_fn` (timm's ``pretrained_filter_fn``) finds a checkpoint's state dict
+  and fits it, :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's
+  ``ImageClassifier`` keys, :func:`convert_freq_embeds` prepares a classification checkpoint for
+  a larger downstream resolution (what ``interpolate4downstream.py`` does).
 - :mod:`.fit`: the rule for a checkpoint that fills too few of a model's tensors (warning, or
   an error under strict loading).
 - :mod:`.load`: :func:`load_pretrained` reads, converts and loads a checkpoint into a model.
@@ -26,7 +27,8 @@
 from .archive import check_archive
 from .atomic import leftover_temporaries, replaced_atomically, write_checkpoint
 from .convert import (CONVERSION_MODES, check_downstream_sizes, checkpoint_filter_fn,
-                      convert_freq_embeds, official_to_mmpretrain, official_to_model)
+                      convert_freq_embeds, fit_state_dict, official_to_mmpretrain,
+                      official_to_model)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
 from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
@@ -43,8 +45,8 @@ __all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'MIN_FIT', 'PRET
            'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
            'check_downstream_sizes', 'check_finite', 'check_fit', 'check_string_keys',
            'checkpoint_filter_fn', 'convert_freq_embeds', 'find_freq_embeds', 'find_layout',
-           'find_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries', 'load_pretrained',
-           'named_weight_entries', 'official_to_mmpretrain', 'official_to_model', 'read_checkpoint',
-           'reading_official_checkpoints', 'replaced_atomically', 'select_prefix', 'shown',
-           'shown_keys', 'strict_loading', 'strict_loading_enabled', 'weight_entries',
-           'write_checkpoint']
+           'find_state_dict', 'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries',
+           'load_pretrained', 'named_weight_entries', 'official_to_mmpretrain',
+           'official_to_model', 'read_checkpoint', 'reading_official_checkpoints',
+           'replaced_atomically', 'select_prefix', 'shown', 'shown_keys', 'strict_loading',
+           'strict_loading_enabled', 'weight_entries', 'write_checkpoint']

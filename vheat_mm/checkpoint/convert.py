@@ -2,24 +2,25 @@
 from __future__ import annotations
 
 import copy
-from typing import Collection, Mapping
+from typing import Any, Collection, Mapping
 
 from torch import Tensor, nn
 
 from ..models import (VHeat, fit_freq_embeds, freq_embed_sizes, pad_freq_embed,
                       resize_freq_embed)
 from .errors import CheckpointError
-from .layout import LAYOUTS, find_freq_embeds
+from .io import check_finite
+from .layout import LAYOUTS, find_freq_embeds, find_state_dict
 
-__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'official_to_mmpretrain',
+__all__ = ['CONVERSION_MODES', 'checkpoint_filter_fn', 'fit_state_dict', 'official_to_mmpretrain',
            'official_to_model', 'check_downstream_sizes', 'convert_freq_embeds']
 
 CONVERSION_MODES = ('pad', 'bicubic')
 _SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is an integer
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Adapt a vHeat state dict to ``model``: each ``freq_embed.i`` is fitted to the model's size
+def fit_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Fit a vHeat state dict to ``model``: each ``freq_embed.i`` is fitted to the model's size
     the way the model's ``freq_embed_fit`` says ('bicubic' or 'pad'; 'bicubic' for a model
     without one) (:func:`~vheat_mm.models.fit_freq_embeds`, for the vHeat trunk at ``model``'s
     root).
@@ -31,6 +32,15 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     if freq_embed is not None:
         fit_freq_embeds(out, '', freq_embed, getattr(model, 'freq_embed_fit', 'bicubic'))
     return out
+
+
+def checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
+    """timm's ``pretrained_filter_fn``: the state dict that a checkpoint of any recognised layout
+    holds (:func:`~vheat_mm.checkpoint.layout.find_state_dict`), NaN or inf refused, fitted to
+    ``model`` (:func:`fit_state_dict`). Pure."""
+    state_dict = find_state_dict(checkpoint)
+    check_finite(state_dict, f'the pretrained weights of {type(model).__name__}')
+    return fit_state_dict(state_dict, model)
 
 
 def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

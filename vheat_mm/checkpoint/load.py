@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .convert import checkpoint_filter_fn
+from .convert import fit_state_dict
 from .errors import CheckpointError
 from .fit import check_fit
 from .io import read_checkpoint
@@ -73,7 +73,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     """
     state_dict = select_prefix(find_state_dict(read_checkpoint(path), entry), prefix)
     try:
-        converted = checkpoint_filter_fn(state_dict, model)
+        converted = fit_state_dict(state_dict, model)
     except ValueError as err:  # e.g. a freq_embed larger than the model's, under 'pad'
         raise CheckpointError(f'{path}: {err}') from None
     own = model.state_dict()
