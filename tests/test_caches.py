@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import MINI
-from vheat_mm.models import CacheBudget, TensorCache, VHeatFeatures
+from vheat_mm.models import TensorCache, VHeatFeatures
 
 MiB = 2**20
 
@@ -33,7 +33,7 @@ def fill_caches(model: VHeatFeatures, height: int, width: int) -> None:
 
 def test_tiny_at_detection_sizes_stays_within_512_mib_and_train_frees_it():
     model = VHeatFeatures('tiny', img_size=512).eval()
-    assert model.cache_budget.limit_bytes == 512 * MiB
+    assert model.heat_cache.limit_bytes == 512 * MiB
     per_size = []
     for height, width in detection_sizes(20):
         before = model.cached_nbytes()
@@ -54,7 +54,7 @@ def test_most_recent_sizes_stay_cached():
     fill_caches(model, 160, 160)
     limit = model.cached_nbytes() * 3 // 2  # room for the largest size, not for two more
     model.clear_caches()
-    model.cache_budget.limit_bytes = limit
+    model.heat_cache.limit_bytes = limit
     sizes = [(64, 64), (96, 128), (128, 96), (160, 160)]
     for size in sizes:
         fill_caches(model, *size)
@@ -72,7 +72,7 @@ def test_outputs_are_the_same_with_any_budget():
         reference = [model(t) for t in x]
         for limit in (0, 50_000, 10 * MiB):
             model.clear_caches()
-            model.cache_budget.limit_bytes = limit
+            model.heat_cache.limit_bytes = limit
             for _ in range(2):
                 for t, ref in zip(x, reference):
                     for a, b in zip(model(t), ref):
@@ -81,7 +81,7 @@ def test_outputs_are_the_same_with_any_budget():
 
 
 def test_an_entry_larger_than_the_budget_is_not_stored():
-    cache = TensorCache(CacheBudget(100))
+    cache = TensorCache(limit_bytes=100)
     out = cache.get('big', lambda: torch.ones(1000), device=torch.device('cpu'),
                     dtype=torch.float32)
     assert out.shape == (1000,) and not list(cache.buffers())

@@ -251,7 +251,7 @@ def test_drop_path_is_stochastic_in_training_only():
 
 
 def _folded_buffers(model):
-    return {name: buf for name, buf in model.named_buffers() if '.folded.' in name}
+    return {name: buf for name, buf in model.named_buffers() if '.cache_attenuation' in name}
 
 
 def test_evaluation_caches_attenuation_until_the_weights_change():
@@ -264,7 +264,7 @@ def test_evaluation_caches_attenuation_until_the_weights_change():
         cached = _folded_buffers(model)
         again = model(x)
     sizes = ['{}x{}'.format(*f.shape[-2:]) for f in first]
-    assert sorted(cached) == sorted(f'layers.{i}.{j}.op.folded.cache_{sizes[i]}'
+    assert sorted(cached) == sorted(f'heat_cache.cache_attenuation{i}_{j}_{sizes[i]}'
                                     for i, stage in enumerate(model.layers)
                                     for j in range(len(stage.blocks)))
     assert all(buf is _folded_buffers(model)[k] for k, buf in cached.items())  # not rebuilt

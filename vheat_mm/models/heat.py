@@ -13,11 +13,10 @@ transforms are plain matrix products against small (N x N) cosine bases, with no
 Under ``torch.autocast`` the transforms are matmuls in the autocast dtype (the GEMMs accumulate
 in float32) and the spectrum stays in that dtype when the float32 attenuation is applied
 (:func:`attenuate`). With
-``float32=True`` the whole conduction runs in float32 (:func:`float32_under_autocast`): on a
-bfloat16 input its relative error drops from 5e-3..7.5e-3 to 2.3e-3 (the rounding of its input
-and output), but the network's error, dominated by its bfloat16 linears and convolutions, does
-not change measurably, and the float32 transforms cost time; so it is not the default (the
-error figures are in tests/test_precision.py).
+``float32=True`` the whole conduction runs in float32 (:func:`float32_under_autocast`): its own
+error on a bfloat16 input drops to the rounding of its input and output, but the network's
+error, dominated by its bfloat16 linears and convolutions, does not change measurably, and the
+float32 transforms cost time; so it is not the default (tests/test_precision.py measures both).
 """
 from __future__ import annotations
 

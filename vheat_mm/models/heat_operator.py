@@ -1,20 +1,18 @@
-"""The Heat Conduction Operator (HCO) as a module, with the caches of the tensors it derives.
+"""The Heat Conduction Operator (HCO) as a module, and the cache of the tensors it derives.
 
 The HCO spreads a stage's features u (B, H, W, C) as heat on an H x W plate for time t = 1:
 ``IDCT2D(DCT2D(u) * decay ** k)`` with decay[n, m] = exp(-((n pi / H)^2 + (m pi / W)^2)) and
 the conductivity k = ReLU(Linear(FVE)) learned from the stage's frequency value embedding
-(``freq_embed``). The math is in :mod:`.heat`; this module adds the layers around it and
-keeps what it derives (bases, decay maps, resized embeddings, decay ** k) in :class:`TensorCache`
-s.
+(``freq_embed``). The math is in :mod:`.heat`; this module adds the layers around it.
 
-The cache rule (:func:`cache_sources`). Bases and decay maps depend on the feature size alone.
-A tensor derived from weights is cached only where autograd does not need it, and is used again
-only while the weights hold the values it was derived from: the entry keeps a copy of them and
-compares it, value for value, on every use. An edit through ``.data``, a ``functional_call``
-with other tensors, a parametrization or EMA's parameter swap therefore rebuilds it. In the
-deploy form (``switch_to_deploy``) the derived tensors are folded once and used without that
-comparison: the weights are frozen, and ``switch_to_deploy()`` is called again after changing
-them.
+What the HCO derives (bases, decay maps, resized embeddings, decay ** k) is kept in one
+:class:`TensorCache`, owned by the model (the trunk's ``heat_cache``) and handed to every
+operator in the :class:`HeatContext` of its stage, with the model's deploy flag. The operators
+hold no state of their own: each names its entries by its ``cache_key``. Bases and decay maps
+depend on the feature size alone; what derives from weights follows the cache rule
+(:func:`vheat_mm.policy.cache_sources`). In the deploy form (``switch_to_deploy``) the derived
+tensors are folded once and used without comparing them with the weights: the weights are
+frozen, and ``switch_to_deploy()`` is called again after changing them.
 """
 from __future__ import annotations
 
@@ -30,77 +28,43 @@ from .heat import (dct_basis, float32_under_autocast, has_size, heat_conduction,
 from .layers import (DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear,
                      traced_as_one_node)
 
-__all__ = ['CacheBudget', 'HeatConductionOperator', 'HeatContext', 'TensorCache',
-           'build_heat_context', 'cache_sources']
-
-
-class CacheBudget:
-    """A byte limit shared by the :class:`TensorCache` s of one model.
-
-    Before an entry is stored, the least recently used entries of any of the caches are dropped
-    until the new one fits; an entry larger than the whole limit is not stored. Evaluating a
-    detector at hundreds of distinct padded sizes then keeps the caches of the last few sizes
-    only, instead of every size seen.
-    """
-
-    def __init__(self, limit_bytes: int):
-        self.limit_bytes = int(limit_bytes)
-        self._order: OrderedDict[tuple[TensorCache, str], None] = OrderedDict()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held now by the entries of every cache under this budget."""
-        return sum(cache.entry_nbytes(name) for cache, name in self._order)
-
-    def used(self, cache: TensorCache, name: str) -> None:
-        self._order[(cache, name)] = None
-        self._order.move_to_end((cache, name))
-
-    def forget(self, cache: TensorCache, name: str) -> None:
-        self._order.pop((cache, name), None)
-
-    def clear(self) -> None:
-        """Drop every entry of every cache under this budget."""
-        for cache, name in list(self._order):
-            cache.drop(name)
-
-    def make_room(self, nbytes: int) -> bool:
-        """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
-        if nbytes > self.limit_bytes:
-            return False
-        held = self.nbytes
-        while self._order and held + nbytes > self.limit_bytes:
-            cache, name = next(iter(self._order))
-            held -= cache.entry_nbytes(name)
-            cache.drop(name)
-        return True
+__all__ = ['HeatConductionOperator', 'HeatContext', 'TensorCache', 'build_heat_context']
 
 
 class TensorCache(nn.Module):
-    """Derived tensors kept as non-persistent buffers, keyed by name, within a byte budget.
+    """Derived tensors kept as non-persistent buffers, keyed by name, within a byte limit.
 
-    Buffers follow ``module.to()`` and stay out of the state dict. An entry is rebuilt when its
-    device or dtype no longer matches the request, or when the request's ``sources`` (the
-    weights it derives from) differ in shape, dtype, device or any value from the copies kept
-    when it was built (the copies count towards the budget). The
-    caches of one model share a :class:`CacheBudget` (set by the model; a cache on its own has
-    its own, of ``DEFAULT_LIMIT_BYTES``). Entries never require grad and are built outside
-    inference mode and with autocast off, so they can be used in any later mode and do not depend
-    on the autocast state of the call that built them.
+    One cache serves a whole model (the trunk's ``heat_cache``): the bases, decay maps and
+    resized freq_embeds of every stage and the decay ** k of every HCO. Buffers follow
+    ``module.to()`` and stay out of the state dict. An entry is rebuilt when its device or
+    dtype no longer matches the request, or when the request's ``sources`` (the weights it
+    derives from) differ in shape, dtype, device or any value from the copies kept when it was
+    built (the copies count towards the limit). Before an entry is stored, the least recently
+    used entries are dropped until it fits within ``limit_bytes``; an entry larger than the
+    whole limit is not stored. Evaluating a detector at hundreds of distinct padded sizes then
+    keeps the last few sizes only. Entries never require grad and are built outside inference
+    mode and with autocast off, so they can be used in any later mode and do not depend on the
+    autocast state of the call that built them.
 
     While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
     the cache is read-only and is asked for entries without sources only (the deploy form's,
-    :func:`cache_sources`): an entry of the right device and dtype is used as it is, and a
-    missing one is computed in the graph without being stored (registering a buffer while
-    tracing would change the module and force a recompilation on the next call).
+    :func:`~vheat_mm.policy.cache_sources`): an entry of the right device and dtype is used as
+    it is, and a missing one is computed in the graph without being stored (registering a
+    buffer while tracing would change the module and force a recompilation on the next call).
     """
 
     DEFAULT_LIMIT_BYTES = 512 * 2**20
 
-    def __init__(self, budget: CacheBudget | None = None):
+    def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES):
         super().__init__()
-        self.budget = budget or CacheBudget(self.DEFAULT_LIMIT_BYTES)
+        self.limit_bytes = int(limit_bytes)
         self._sources: dict[str, tuple[Tensor, ...]] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now by the entries and the copies of their sources."""
+        return sum(self._entry_nbytes(name) for name in self._buffers)
 
     def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
             dtype: torch.dtype, sources: Sequence[Tensor] = ()) -> Tensor:
@@ -113,34 +77,45 @@ class TensorCache(nn.Module):
                 return build().to(device=device, dtype=dtype)
         if cached is not None and cached.device == device and cached.dtype == dtype \
                 and _same_values(self._sources.get(name, ()), sources):
-            self.budget.used(self, name)
+            self._recent.move_to_end(name)
             return cached
         self.drop(name)
         with torch.inference_mode(False), torch.no_grad(), \
                 torch.autocast(device.type, enabled=False):
             cached = build().to(device=device, dtype=dtype)
             copies = tuple(t.detach().clone() for t in sources)
-        if self.budget.make_room(_nbytes(cached, *copies)):
+        if self._make_room(_nbytes(cached, *copies)):
             self.register_buffer(name, cached, persistent=False)
             self._sources[name] = copies
-            self.budget.used(self, name)
+            self._recent[name] = None
         return cached
 
-    def entry_nbytes(self, name: str) -> int:
-        buf = self._buffers.get(name)
-        return 0 if buf is None else _nbytes(buf, *self._sources.get(name, ()))
+    def _entry_nbytes(self, name: str) -> int:
+        return _nbytes(self._buffers[name], *self._sources.get(name, ()))
+
+    def _make_room(self, nbytes: int) -> bool:
+        """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
+        if nbytes > self.limit_bytes:
+            return False
+        held = self.nbytes
+        while self._recent and held + nbytes > self.limit_bytes:
+            oldest = next(iter(self._recent))
+            held -= self._entry_nbytes(oldest)
+            self.drop(oldest)
+        return True
 
     def drop(self, name: str) -> None:
         self._buffers.pop(name, None)
         self._sources.pop(name, None)
-        self.budget.forget(self, name)
+        self._recent.pop(name, None)
 
     def clear(self) -> None:
+        """Drop every entry (they are rebuilt when next needed)."""
         for name in list(self._buffers):
             self.drop(name)
 
     def extra_repr(self) -> str:
-        return f'entries={list(self._buffers)}'
+        return f'entries={list(self._buffers)}, limit_bytes={self.limit_bytes}'
 
 
 def _nbytes(*tensors: Tensor) -> int:
@@ -163,6 +138,7 @@ class HeatContext(NamedTuple):
     freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
     freq_embed_param: Tensor  # the stage's freq_embed parameter, which freq_embed derives from
     deploy: bool         # the deploy form: derived tensors are folded (module docstring)
+    cache: TensorCache   # the model's cache, where each HCO keeps its decay ** k
 
 
 def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height: int,
@@ -171,8 +147,8 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
 
     The bases and the decay map are cached in ``cache`` per size; ``freq_embed`` resized to
     another size is cached under ``key`` (a name of the parameter, e.g. its stage) as the cache
-    rule allows (:func:`cache_sources`). At its own size it is used as it is (not cached: a
-    buffer aliasing a parameter would break ``torch.export``).
+    rule allows (:func:`~vheat_mm.policy.cache_sources`). At its own size it is used as it is
+    (not cached: a buffer aliasing a parameter would break ``torch.export``).
     """
     kw = dict(device=device, dtype=freq_embed.dtype)
     sources = cache_sources(deploy, freq_embed)
@@ -186,7 +162,7 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
         cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
         cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
         cache.get(f'log_decay{height}x{width}', lambda: heat_log_decay_map(height, width), **kw),
-        resized, freq_embed, deploy)
+        resized, freq_embed, deploy, cache)
 
 
 class HeatConductionOperator(nn.Module):
@@ -194,12 +170,12 @@ class HeatConductionOperator(nn.Module):
 
     k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
     The attenuation decay^k is recomputed on every forward when gradients may flow to the
-    weights (training). Otherwise it is cached per feature size by the cache rule (module
-    docstring): in evaluation while the weights keep their values, in the deploy form
-    (``ctx.deploy``) until ``switch_to_deploy()`` folds it again.
+    weights (training). Otherwise it is cached per feature size in the model's cache, under
+    ``cache_key`` (module docstring): in evaluation while the weights keep their values, in the
+    deploy form (``ctx.deploy``) until ``switch_to_deploy()`` folds it again.
 
-    Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (with k
-    from a bfloat16 linear, decay^k is up to 9% off at single high frequencies), the DCT and
+    Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (k from a
+    bfloat16 linear puts decay^k off at high frequencies: tests/test_precision.py), the DCT and
     IDCT matmuls in the autocast dtype, and the attenuation is applied to the spectrum in its
     dtype (:func:`~vheat_mm.models.heat.attenuate`); set ``float32_transforms = True`` (on the
     class or an instance) to run the whole heat conduction in float32 (see
@@ -212,28 +188,27 @@ class HeatConductionOperator(nn.Module):
 
     float32_transforms: bool = False
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, *, cache_key: str):
         super().__init__()
+        self.cache_key = cache_key
         self.dwconv = DepthwiseConv3x3(dim)
         self.linear = SplitPointwiseLinear(dim, 2 * dim, chunks=2)  # -> u, z
         self.out_norm = GatedLayerNorm(dim)
         self.out_linear = PointwiseLinear(dim, dim)
         self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
-        self.folded = TensorCache()
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C); cached per feature size as :func:`cache_sources` allows.
-
-        Otherwise (training, and compiled code outside the deploy form) it is computed anew.
-        """
+        """decay ** k, shape (H, W, C), cached per feature size in ``ctx.cache`` as
+        :func:`~vheat_mm.policy.cache_sources` allows; otherwise (training, and compiled code
+        outside the deploy form) computed anew."""
         linear = self.to_k[0]
         sources = cache_sources(ctx.deploy, ctx.freq_embed_param, linear.weight, linear.bias)
         if sources is None:
             return self._decay_pow_k(ctx)
         h, w = ctx.log_decay.shape
-        return self.folded.get(f'{h}x{w}', lambda: self._decay_pow_k(ctx),
-                               device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
-                               sources=sources)
+        return ctx.cache.get(f'{self.cache_key}_{h}x{w}', lambda: self._decay_pow_k(ctx),
+                             device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
+                             sources=sources)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
         """decay ** k = exp(k * log decay), in float32 under autocast."""

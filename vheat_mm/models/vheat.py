@@ -25,8 +25,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .heat import pad_freq_embed, resize_freq_embed
-from .heat_operator import (CacheBudget, HeatConductionOperator, HeatContext, TensorCache,
-                            build_heat_context)
+from .heat_operator import HeatConductionOperator, HeatContext, TensorCache, build_heat_context
 from ..policy import may_overwrite, observed_by_hooks
 from .layers import Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem, drop_path
 
@@ -116,11 +115,11 @@ class HeatBlock(nn.Module):
     """
 
     def __init__(self, dim: int, *, mlp_ratio: float, post_norm: bool,
-                 layer_scale: float | None, drop_path: float):
+                 layer_scale: float | None, drop_path: float, cache_key: str):
         super().__init__()
         norm = ResidualLayerNorm if post_norm else LayerNorm
         self.norm1 = norm(dim)
-        self.op = HeatConductionOperator(dim)
+        self.op = HeatConductionOperator(dim, cache_key=cache_key)
         self.norm2 = norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.post_norm = post_norm
@@ -280,16 +279,13 @@ class VHeatTrunk(nn.Module):
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             blocks = [HeatBlock(dim, mlp_ratio=self.arch.mlp_ratio, post_norm=self.arch.post_norm,
                                 layer_scale=self.arch.layer_scale,
-                                drop_path=rates[sum(depths[:i]) + j]) for j in range(depth)]
+                                drop_path=rates[sum(depths[:i]) + j],
+                                cache_key=f'attenuation{i}_{j}') for j in range(depth)]
             last = i == self.num_stages - 1
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
         self.register_load_state_dict_pre_hook(_fit_loaded_freq_embeds)
-        self.cache_budget = CacheBudget(TensorCache.DEFAULT_LIMIT_BYTES)
-        self.heat_cache = TensorCache(self.cache_budget)
-        for cache in self.modules():
-            if isinstance(cache, TensorCache):
-                cache.budget = self.cache_budget
+        self.heat_cache = TensorCache()
         self.deploy = False
         self._trainable_before_deploy: dict[str, bool] = {}
         self.with_cp = with_cp
@@ -312,16 +308,16 @@ class VHeatTrunk(nn.Module):
         return [block for stage in self.layers for block in stage.blocks]
 
     def cached_nbytes(self) -> int:
-        """Bytes held by the caches of derived tensors (bounded by ``cache_budget``)."""
-        return self.cache_budget.nbytes
+        """Bytes held by the cache of derived tensors (at most ``heat_cache.limit_bytes``)."""
+        return self.heat_cache.nbytes
 
     def clear_caches(self) -> None:
         """Drop every cached derived tensor (they are rebuilt when next needed)."""
-        self.cache_budget.clear()
+        self.heat_cache.clear()
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``; entering training also frees the caches of derived tensors,
-        which evaluation at many sizes may have filled (up to ``cache_budget.limit_bytes``),
+        which evaluation at many sizes may have filled (up to ``heat_cache.limit_bytes``),
         and turns a deployed model back into the trainable one (:meth:`switch_to_train`)."""
         super().train(mode)
         if mode:
