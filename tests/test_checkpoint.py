@@ -58,7 +58,7 @@ def test_prefix_selects_and_strips(tmp_path, classifier_state):
 
 def test_fit_state_dict_is_pure(classifier_state):
     before = {k: v.clone() for k, v in classifier_state.items()}
-    out = fit_state_dict(classifier_state, VHeat(MINI, img_size=128, num_classes=5))
+    out, _ = fit_state_dict(classifier_state, VHeat(MINI, img_size=128, num_classes=5))
     assert out['freq_embed.0'].shape == (32, 32, 8)
     assert all(torch.equal(before[k], classifier_state[k]) for k in before)
 

@@ -26,9 +26,9 @@
 """
 from .archive import check_archive
 from .atomic import leftover_temporaries, replaced_atomically, write_checkpoint
-from .convert import (CONVERSION_MODES, check_downstream_sizes, checkpoint_filter_fn,
-                      convert_freq_embeds, fit_state_dict, official_to_mmpretrain,
-                      official_to_model)
+from .convert import (CONVERSION_MODES, FittedStateDict, check_downstream_sizes,
+                      checkpoint_filter_fn, convert_freq_embeds, fit_state_dict,
+                      official_to_mmpretrain, official_to_model)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
 from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
@@ -41,12 +41,12 @@ from .load import LoadReport, load_pretrained
 from .messages import shown, shown_keys
 
 __all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'MIN_FIT', 'PRETRAINED_URLS',
-           'STATE_DICT_ENTRIES', 'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport',
-           'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
+           'STATE_DICT_ENTRIES', 'CheckpointError', 'FittedStateDict', 'FreqEmbedKey', 'Layout',
+           'LoadReport', 'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
            'check_downstream_sizes', 'check_finite', 'check_fit', 'check_string_keys',
            'checkpoint_filter_fn', 'convert_freq_embeds', 'find_freq_embeds', 'find_layout',
            'find_state_dict', 'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries',
-           'load_pretrained', 'named_weight_entries', 'official_to_mmpretrain',
-           'official_to_model', 'read_checkpoint', 'reading_official_checkpoints',
-           'replaced_atomically', 'select_prefix', 'shown', 'shown_keys', 'strict_loading',
-           'strict_loading_enabled', 'weight_entries', 'write_checkpoint']
+           'load_pretrained', 'named_weight_entries', 'official_to_mmpretrain', 'official_to_model',
+           'read_checkpoint', 'reading_official_checkpoints', 'replaced_atomically',
+           'select_prefix', 'shown', 'shown_keys', 'strict_loading', 'strict_loading_enabled',
+           'weight_entries', 'write_checkpoint']

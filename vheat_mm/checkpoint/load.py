@@ -73,7 +73,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     """
     state_dict = select_prefix(find_state_dict(read_checkpoint(path), entry), prefix)
     try:
-        converted = fit_state_dict(state_dict, model)
+        converted, resized = fit_state_dict(state_dict, model)
     except ValueError as err:  # e.g. a freq_embed larger than the model's, under 'pad'
         raise CheckpointError(f'{path}: {err}') from None
     own = model.state_dict()
@@ -89,8 +89,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
         total=len(own),
         missing=sorted(set(own) - set(converted)),
         unexpected=sorted(set(converted) - set(own)),
-        resized=[f'{k} {tuple(state_dict[k].shape)} -> {tuple(converted[k].shape)}'
-                 for k in converted if converted[k] is not state_dict[k]],
+        resized=resized,
         fit_mode=getattr(model, 'freq_embed_fit', 'bicubic'),
     )
     check_fit(report.path, own, converted, strict=strict)
