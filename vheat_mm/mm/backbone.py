@@ -26,30 +26,21 @@ SWIN_LEFTOVERS = frozenset({
     'use_abs_pos_embed', 'act_cfg', 'norm_cfg', 'with_cp', 'convert_weights'})
 
 
-def _keywords(fn: Callable, passes_on_to: Callable | None = None) -> list[str]:
-    """The keywords ``fn`` takes: its positional parameters, then those of ``passes_on_to``
-    (which its ``**kwargs`` go to; a model's signature already lists the trunk's keywords, see
-    :func:`~vheat_mm.models.vheat.trunk_keywords`) that it does not name, then its keyword-only
-    ones."""
-    params = [p for name, p in inspect.signature(fn).parameters.items() if name != 'self']
-    positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
-    keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY]
-    passed = [] if passes_on_to is None else [
-        name for name in inspect.signature(passes_on_to).parameters
-        if name not in (*positional, *keyword_only)]
-    return [*positional, *passed, *keyword_only]
+def _keywords(fn: Callable) -> list[str]:
+    """The keywords ``fn`` lists in its signature, in order (``self`` and ``**kwargs`` left
+    out)."""
+    return [name for name, p in inspect.signature(fn).parameters.items()
+            if name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset(), *,
-                            passes_on_to: Callable | None = None
+def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset()
                             ) -> Callable[[Callable], Callable]:
-    """Decorator: an unknown keyword raises a TypeError naming it, the closest allowed keyword
-    and every allowed one (Python's own error names none of the allowed keywords). Keywords in
-    ``tolerated`` pass on to ``fn`` (which takes them through ``**kwargs``), and so do those of
-    ``passes_on_to`` (the constructor ``fn`` hands its ``**kwargs`` to)."""
+    """Decorator: a keyword that ``fn``'s signature does not list raises a TypeError naming it,
+    the closest listed keyword and every listed one (Python's own error names none of them).
+    Keywords in ``tolerated`` pass on to ``fn``, which takes them through ``**kwargs``."""
 
     def decorate(fn: Callable) -> Callable:
-        allowed = _keywords(fn, passes_on_to)
+        allowed = _keywords(fn)
 
         @functools.wraps(fn)
         def checked(*args, **kwargs):
@@ -79,16 +70,25 @@ class VHeatBackbone(VHeatFeatures):
     state dict when the runner calls :meth:`init_weights`, with
     :func:`~vheat_mm.checkpoint.load_pretrained`: freq_embed is fitted to ``img_size``, every
     key not loaded is logged, and a checkpoint that fits badly warns (``strict``: fails).
-    Other init types go to mmengine's ``initialize``.
+    ``map_location``, which mmengine's ``Pretrained`` takes, changes nothing here: the file is
+    always read into CPU memory (the safe reader), and ``load_state_dict`` copies each tensor
+    to the device of the parameter it fills. Other init types go to mmengine's
+    ``initialize``.
     ``check_finite=True`` (a debugging aid) raises on the first NaN or inf in the input or a
     stage's output. The other keywords are those of :class:`~vheat_mm.models.VHeatFeatures`;
     an unknown keyword is a TypeError listing the allowed ones.
     """
 
-    @reject_unknown_keywords('vHeat', passes_on_to=VHeatFeatures)
-    def __init__(self, arch: str | dict = 'tiny', *,
-                 init_cfg: dict | list[dict] | None = None, **kwargs):
-        super().__init__(arch, **kwargs)
+    @reject_unknown_keywords('vHeat')
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
+                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
+                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False,
+                 init_cfg: dict | list[dict] | None = None):
+        super().__init__(arch, img_size=img_size, freq_embed_fit=freq_embed_fit,
+                         in_channels=in_channels, drop_path_rate=drop_path_rate,
+                         out_indices=out_indices, frozen_stages=frozen_stages, with_cp=with_cp,
+                         check_finite=check_finite)
         self.init_cfg = copy.deepcopy(init_cfg)
         self.is_init = False
 
@@ -110,6 +110,7 @@ class VHeatBackbone(VHeatFeatures):
         if unknown or 'checkpoint' not in cfg:
             raise ValueError(f"init_cfg type='Pretrained' takes checkpoint, prefix, entry, "
                              f"strict and map_location; got {sorted(cfg)}")
+        # map_location is not passed on: see the class docstring
         load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),  # logs its report
                         entry=cfg.get('entry'), strict=cfg.get('strict', False))
 

@@ -15,7 +15,6 @@ checkpoint gradients (``with_cp``).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import NamedTuple, Sequence
 
@@ -227,9 +226,8 @@ class VHeatTrunk(nn.Module):
     """Stem, per-stage frequency embeddings and stages: the network :class:`VHeat` and
     :class:`VHeatFeatures` share. :meth:`forward_stages` gives every stage's output.
 
-    The one list of the network's keywords; the models take them through ``**kwargs`` (see
-    :func:`trunk_keywords`). A subclass adds its outputs (head, output norms) and then calls
-    :meth:`reset_parameters`.
+    A subclass lists these keywords in its own signature, passes them on, adds its outputs
+    (head, output norms) and then calls :meth:`reset_parameters`.
 
     Args:
         arch: 'tiny' | 'small' | 'base' (or 't' | 's' | 'b'), or a dict with ``depths``,
@@ -248,10 +246,6 @@ class VHeatTrunk(nn.Module):
             and raise a ValueError naming the first place they appear and how many there are.
             Costs a reduction per stage; off (the default) it costs nothing.
     """
-
-    #: Keywords about how the network runs rather than what it is: listed after a subclass's
-    #: own keywords in its signature (:func:`trunk_keywords`).
-    RUN_KEYWORDS = ('with_cp', 'check_finite')
 
     def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
                  freq_embed_fit: str = 'bicubic', in_channels: int = 3,
@@ -458,25 +452,6 @@ def _align_with_gradient_layout(model: nn.Module) -> None:
                 module.weight, memory_format=torch.channels_last).copy_(module.weight)
 
 
-def trunk_keywords(cls: type[VHeatTrunk]) -> type[VHeatTrunk]:
-    """Class decorator for a model whose ``__init__(self, arch, *, own..., **kwargs)`` passes
-    ``kwargs`` on to :class:`VHeatTrunk`: gives that ``__init__`` the whole signature (for
-    ``inspect``, ``help()`` and the toolboxes' keyword checks): arch, the trunk's keywords, the
-    model's own, then the trunk's :attr:`~VHeatTrunk.RUN_KEYWORDS`. An unknown keyword is the
-    TypeError of the trunk's constructor."""
-    init = cls.__init__
-    own = [p for p in inspect.signature(init).parameters.values() if p.kind != p.VAR_KEYWORD]
-    named = {p.name for p in own}
-    passed = [p for p in inspect.signature(VHeatTrunk.__init__).parameters.values()
-              if p.kind == p.KEYWORD_ONLY and p.name not in named]
-    run = [p for p in passed if p.name in VHeatTrunk.RUN_KEYWORDS]
-    init.__signature__ = inspect.Signature(
-        [*(p for p in own if p.kind != p.KEYWORD_ONLY), *(p for p in passed if p not in run),
-         *(p for p in own if p.kind == p.KEYWORD_ONLY), *run])
-    return cls
-
-
-@trunk_keywords
 class VHeat(VHeatTrunk):
     """vHeat image classifier; ``VHeat(arch='tiny')`` is vHeat-T of the paper.
 
@@ -491,8 +466,8 @@ class VHeat(VHeatTrunk):
         global_pool: 'avg' averages over H and W; '' does not pool: the model then gives a map
             (B, num_classes, H, W), or (B, C, H, W) for num_classes 0, every position through
             the head's norm (and linear).
-        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, freq_embed_fit,
-            in_channels, drop_path_rate, with_cp, check_finite).
+        arch, img_size, freq_embed_fit, in_channels, drop_path_rate, with_cp, check_finite:
+            those of :class:`VHeatTrunk`.
     """
 
     #: Index of the linear layer in ``classifier`` (norm, pool, flatten, linear), as in the
@@ -501,9 +476,13 @@ class VHeat(VHeatTrunk):
     FC_NAME = f'classifier.{FC_INDEX}'
     GLOBAL_POOLS = ('avg', '')
 
-    def __init__(self, arch: str | dict = 'tiny', *, num_classes: int = 1000,
-                 global_pool: str = 'avg', **kwargs):
-        super().__init__(arch, **kwargs)
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
+                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
+                 drop_path_rate: float = 0.0, num_classes: int = 1000, global_pool: str = 'avg',
+                 with_cp: bool = False, check_finite: bool = False):
+        super().__init__(arch, img_size=img_size, freq_embed_fit=freq_embed_fit,
+                         in_channels=in_channels, drop_path_rate=drop_path_rate,
+                         with_cp=with_cp, check_finite=check_finite)
         self.num_features = self.head_hidden_size = self.arch.dims[-1]
         self.feature_info = [dict(num_chs=dim, reduction=stage_stride(i), module=f'layers.{i}')
                              for i, dim in enumerate(self.arch.dims)]
@@ -627,7 +606,6 @@ class VHeat(VHeatTrunk):
         return take
 
 
-@trunk_keywords
 class VHeatFeatures(VHeatTrunk):
     """vHeat multi-scale backbone: a tuple of NCHW features, one per index in ``out_indices``.
 
@@ -639,13 +617,17 @@ class VHeatFeatures(VHeatTrunk):
         frozen_stages: -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
             0..i-1 (their blocks, downsampling, freq_embed and output norms). Frozen parts stay
             in eval mode after ``train()``.
-        kwargs: the keywords of :class:`VHeatTrunk` (arch, img_size, freq_embed_fit,
-            in_channels, drop_path_rate, with_cp, check_finite).
+        arch, img_size, freq_embed_fit, in_channels, drop_path_rate, with_cp, check_finite:
+            those of :class:`VHeatTrunk`.
     """
 
-    def __init__(self, arch: str | dict = 'tiny', *, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, **kwargs):
-        super().__init__(arch, **kwargs)
+    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
+                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
+                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False):
+        super().__init__(arch, img_size=img_size, freq_embed_fit=freq_embed_fit,
+                         in_channels=in_channels, drop_path_rate=drop_path_rate,
+                         with_cp=with_cp, check_finite=check_finite)
         given = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
         n = self.num_stages
         out_indices = tuple(i + n if i < 0 else i for i in given)
