@@ -54,19 +54,24 @@ def test_tiny_state_dict_is_official():
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
 
 
+# The parameter count of every arch of ARCH_SETTINGS (the released weights' counts).
+PARAMETER_COUNTS = {'tiny': 30_853_480, 'small': 52_220_392, 'base': 92_132_328}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('arch,params', [('tiny', 30_853_480), ('small', 52_220_392),
-                                         ('base', 92_132_328)])
-def test_parameter_counts(arch, params):
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_parameter_counts(arch):
+    assert arch in PARAMETER_COUNTS, f'add the parameter count of arch {arch!r}'
     model = VHeat(arch)
-    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in model.parameters()) == PARAMETER_COUNTS[arch]
     settings = ARCH_SETTINGS[arch]
     assert model.arch.post_norm == settings['post_norm']
     assert (model.layers[2][0].gamma1 is not None) == (settings['layer_scale'] is not None)
 
 
 def test_unknown_arch_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown vHeat arch 'huge'.*\['base', 'small', 'tiny'\]"):
+    with pytest.raises(ValueError, match=re.escape(f"unknown vHeat arch 'huge'; choose one of "
+                                                   f"{sorted(ARCH_SETTINGS)}")):
         VHeat('huge')
     with pytest.raises(ValueError, match=r"unknown keys \['depth'\]"):
         VHeat(dict(depth=(2, 2, 6, 2), dims=96))

@@ -45,7 +45,9 @@ ARCH_SETTINGS: dict[str, dict] = {
     'small': dict(depths=(2, 2, 18, 2), dims=96, post_norm=True, layer_scale=1e-5),
     'base': dict(depths=(2, 2, 18, 2), dims=128, post_norm=True, layer_scale=1e-5),
 }
-_ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base'}
+# Each name's initial, where no other name shares it ('t', 's', 'b').
+_ARCH_ALIASES = {name[0]: name for name in ARCH_SETTINGS
+                 if [other[0] for other in ARCH_SETTINGS].count(name[0]) == 1}
 _ARCH_KEYS = {'depths', 'dims', 'post_norm', 'layer_scale', 'mlp_ratio'}
 PATCH_SIZE = 4
 
@@ -230,7 +232,8 @@ class VHeatTrunk(nn.Module):
     (head, output norms) and then calls :meth:`reset_parameters`.
 
     Args:
-        arch: 'tiny' | 'small' | 'base' (or 't' | 's' | 'b'), or a dict with ``depths``,
+        arch: a name of :data:`ARCH_SETTINGS` ('tiny', 'small', 'base') or its initial, or a
+            dict with ``depths``,
             ``dims`` and optionally ``post_norm``, ``layer_scale``, ``mlp_ratio``.
         img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
             any size down to the stride of the last stage (32x32 for four stages) are accepted:
