@@ -34,19 +34,20 @@ from .errors import CheckpointError
 from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
 from .io import (OfficialConfig, RefusedCall, check_finite, check_string_keys, read_checkpoint,
                  reading_official_checkpoints)
-from .layout import (FREQ_EMBED_ENTRIES, LAYOUTS, STATE_DICT_ENTRIES, FreqEmbedKey, Layout,
-                     find_freq_embeds, find_layout, find_state_dict, is_state_dict,
+from .layout import (BACKBONE_MODULE, LAYOUTS, STATE_DICT_ENTRIES, WRAPPED_MODULE, FreqEmbedKey,
+                     Layout, find_freq_embeds, find_layout, find_state_dict, is_state_dict,
                      named_weight_entries, select_prefix, weight_entries)
 from .load import LoadReport, load_pretrained
 from .messages import shown, shown_keys
 
-__all__ = ['CONVERSION_MODES', 'FREQ_EMBED_ENTRIES', 'LAYOUTS', 'MIN_FIT', 'PRETRAINED_URLS',
-           'STATE_DICT_ENTRIES', 'CheckpointError', 'FittedStateDict', 'FreqEmbedKey', 'Layout',
-           'LoadReport', 'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
-           'check_downstream_sizes', 'check_finite', 'check_fit', 'check_string_keys',
-           'checkpoint_filter_fn', 'convert_freq_embeds', 'find_freq_embeds', 'find_layout',
-           'find_state_dict', 'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries',
-           'load_pretrained', 'named_weight_entries', 'official_to_mmpretrain', 'official_to_model',
-           'read_checkpoint', 'reading_official_checkpoints', 'replaced_atomically',
-           'select_prefix', 'shown', 'shown_keys', 'strict_loading', 'strict_loading_enabled',
-           'weight_entries', 'write_checkpoint']
+__all__ = ['BACKBONE_MODULE', 'CONVERSION_MODES', 'LAYOUTS', 'MIN_FIT',
+           'PRETRAINED_URLS', 'STATE_DICT_ENTRIES', 'WRAPPED_MODULE', 'CheckpointError',
+           'FittedStateDict', 'FreqEmbedKey', 'Layout', 'LoadReport', 'OfficialConfig',
+           'RefusedCall', 'cached_download', 'check_archive', 'check_downstream_sizes',
+           'check_finite', 'check_fit', 'check_string_keys', 'checkpoint_filter_fn',
+           'convert_freq_embeds', 'find_freq_embeds', 'find_layout', 'find_state_dict',
+           'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries', 'load_pretrained',
+           'named_weight_entries', 'official_to_mmpretrain', 'official_to_model', 'read_checkpoint',
+           'reading_official_checkpoints', 'replaced_atomically', 'select_prefix', 'shown',
+           'shown_keys', 'strict_loading', 'strict_loading_enabled', 'weight_entries',
+           'write_checkpoint']

@@ -10,7 +10,7 @@ from ..models import (VHeat, fit_freq_embeds, freq_embed_sizes, pad_freq_embed,
                       resize_freq_embed)
 from .errors import CheckpointError
 from .io import check_finite
-from .layout import LAYOUTS, find_freq_embeds, find_state_dict
+from .layout import BACKBONE_MODULE, LAYOUTS, find_freq_embeds, find_state_dict
 
 __all__ = ['CONVERSION_MODES', 'FittedStateDict', 'checkpoint_filter_fn', 'fit_state_dict',
            'official_to_mmpretrain', 'official_to_model', 'check_downstream_sizes',
@@ -101,7 +101,8 @@ def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[s
     prefix = prefixes[0]
     if not prefix:
         return state_dict, None
-    if prefix == 'backbone.' and {'backbone.outnorm3.weight', 'head.fc.weight'} <= set(model_keys):
+    backbone = f'{BACKBONE_MODULE}.'
+    if prefix == backbone and {f'{backbone}outnorm3.weight', 'head.fc.weight'} <= set(model_keys):
         return (official_to_mmpretrain(state_dict),
                 "official keys -> mmpretrain's (classifier.0 -> backbone.outnorm3, classifier.3 "
                 "-> head.fc, the rest under backbone.)")

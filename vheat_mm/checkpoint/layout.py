@@ -19,9 +19,9 @@ from ..models import VHeat
 from .errors import CheckpointError
 from .messages import shown, shown_keys
 
-__all__ = ['Layout', 'LAYOUTS', 'STATE_DICT_ENTRIES', 'FREQ_EMBED_ENTRIES', 'FreqEmbedKey',
-           'find_layout', 'find_state_dict', 'is_state_dict', 'named_weight_entries',
-           'select_prefix', 'weight_entries', 'find_freq_embeds']
+__all__ = ['BACKBONE_MODULE', 'WRAPPED_MODULE', 'Layout', 'LAYOUTS', 'STATE_DICT_ENTRIES',
+           'FreqEmbedKey', 'find_layout', 'find_state_dict', 'is_state_dict',
+           'named_weight_entries', 'select_prefix', 'weight_entries', 'find_freq_embeds']
 
 
 class Layout(NamedTuple):
@@ -38,21 +38,26 @@ class Layout(NamedTuple):
     to_mmpretrain: Mapping[str, str]
 
 
-_FREQ_EMBED = re.compile(r'(?:backbone\.)?freq_embed\.(\d+)')
+# Names of a model held inside another, which prefix the inner model's keys: an OpenMMLab model's
+# trunk, and the model inside DistributedDataParallel or DeepSpeed's engine (DeepSpeed's
+# checkpoint entry is named after it).
+BACKBONE_MODULE = 'backbone'
+WRAPPED_MODULE = 'module'
+
+_FREQ_EMBED = re.compile(rf'(?:{BACKBONE_MODULE}\.)?freq_embed\.(\d+)')
 
 # By writer, in the order find_state_dict tries their entries.
 LAYOUTS: dict[str, Layout] = {
     'mmengine': Layout(entries=('state_dict',), freq_embed=_FREQ_EMBED, to_mmpretrain={}),
     'official': Layout(entries=('model_ema', 'model'), freq_embed=_FREQ_EMBED,
-                       to_mmpretrain={'classifier.0.': 'backbone.outnorm3.',
-                                      f'{VHeat.FC_NAME}.': 'head.fc.', '': 'backbone.'}),
-    'DeepSpeed': Layout(entries=('module',), freq_embed=None, to_mmpretrain={}),
+                       to_mmpretrain={'classifier.0.': f'{BACKBONE_MODULE}.outnorm3.',
+                                      f'{VHeat.FC_NAME}.': 'head.fc.', '': f'{BACKBONE_MODULE}.'}),
+    'DeepSpeed': Layout(entries=(WRAPPED_MODULE,), freq_embed=None, to_mmpretrain={}),
 }
 STATE_DICT_ENTRIES = tuple(entry for layout in LAYOUTS.values() for entry in layout.entries)
 # Entry -> the pattern of its freq_embed keys, for the layouts converted downstream.
 _FREQ_EMBED_PATTERNS = {entry: layout.freq_embed for layout in LAYOUTS.values()
                         if layout.freq_embed for entry in layout.entries}
-FREQ_EMBED_ENTRIES = tuple(_FREQ_EMBED_PATTERNS)
 
 
 def is_state_dict(checkpoint: Mapping) -> bool:
@@ -113,12 +118,14 @@ def weight_entries(checkpoint: Mapping) -> list[Mapping]:
 def select_prefix(state_dict: Mapping[str, Tensor], prefix: str | None) -> dict[str, Tensor]:
     """Keys under ``prefix`` (e.g. 'backbone'), stripped of it.
 
-    With ``prefix=None``, a 'module.' (DDP) prefix is removed and, if the keys are those of a
-    whole detector or segmentor, the 'backbone.' part is selected.
+    With ``prefix=None``, a :data:`WRAPPED_MODULE` (DDP) prefix is removed and, if the keys are
+    those of a whole classifier, detector or segmentor, the :data:`BACKBONE_MODULE` part is
+    selected.
     """
     if prefix is None:
-        state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
-        prefix = 'backbone' if any(k.startswith('backbone.') for k in state_dict) else ''
+        wrapped, backbone = f'{WRAPPED_MODULE}.', f'{BACKBONE_MODULE}.'
+        state_dict = {k.removeprefix(wrapped): v for k, v in state_dict.items()}
+        prefix = backbone if any(k.startswith(backbone) for k in state_dict) else ''
     if not prefix:
         return dict(state_dict)
     head = prefix.rstrip('.') + '.'
@@ -157,7 +164,7 @@ def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
         if not keys:
             raise CheckpointError(f'no freq_embed in the checkpoint entry {entry!r} (is it a '
                                   f'vHeat checkpoint?): expected keys freq_embed.<stage> or '
-                                  f'backbone.freq_embed.<stage>; keys found: '
+                                  f'{BACKBONE_MODULE}.freq_embed.<stage>; keys found: '
                                   f'{shown_keys(checkpoint[entry], as_list=False) or "none"}')
         found.extend(sorted(keys, key=lambda k: (k.stage, k.key)))
     return found
