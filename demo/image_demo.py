@@ -2,9 +2,10 @@
 
     python demo/image_demo.py IMAGE CONFIG [--weights CKPT] [--out-dir DIR] [--device cpu|cuda]
 
-The config's ``default_scope`` picks the inferencer: mmdet's ``DetInferencer`` (boxes and masks),
-mmseg's ``MMSegInferencer`` (a segmentation overlay) or mmpretrain's
-``ImageClassificationInferencer`` (the top classes written on the image). Each draws with its
+The config's ``default_scope`` picks the inferencer (its toolbox profile's ``infer_image``):
+mmdet's ``DetInferencer`` (boxes and masks), mmseg's ``MMSegInferencer`` (a segmentation
+overlay) or mmpretrain's ``ImageClassificationInferencer`` (the top classes written on the
+image). Each draws with its
 toolbox's visualizer; the picture goes to ``DIR/vis/``, and the result is printed. IMAGE is a
 file, or ``skimage:NAME`` for one of the photographs scikit-image bundles (``astronaut``,
 ``chelsea``, ``coffee``, ``rocket``, ...). Without ``--weights`` the model is randomly
@@ -21,7 +22,7 @@ from mmengine.config import Config
 
 import vheat_mm.mm  # noqa: F401  (registers vHeat; the configs import vheat_mm too)
 from vheat_mm.checkpoint import CheckpointError
-from vheat_mm.mm.tool_config import TOOLBOXES
+from vheat_mm.mm.toolbox import TOOLBOX_PROFILES, TOOLBOXES
 
 
 def resolve_image(image: str, work_dir: Path) -> str:
@@ -47,21 +48,9 @@ def resolve_image(image: str, work_dir: Path) -> str:
 def infer(image: str, config: str, *, weights: str | None, out_dir: str, device: str) -> dict:
     """Run the toolbox's inferencer; returns its result (the picture is in ``out_dir/vis``)."""
     scope = Config.fromfile(config).get('default_scope')
-    if scope == 'mmdet':
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=config, weights=weights, device=device,
-                                   show_progress=False)
-        return inferencer(image, out_dir=out_dir, no_save_pred=False)
-    if scope == 'mmseg':
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=config, weights=weights, device=device)
-        return inferencer(image, out_dir=out_dir)
-    if scope == 'mmpretrain':
-        from mmpretrain.apis import ImageClassificationInferencer
-        inferencer = ImageClassificationInferencer(model=config, pretrained=weights or False,
-                                                   device=device)
-        (Path(out_dir) / 'vis').mkdir(parents=True, exist_ok=True)
-        return inferencer(image, show_dir=str(Path(out_dir) / 'vis'))[0]
+    if scope in TOOLBOX_PROFILES:
+        return TOOLBOX_PROFILES[scope].infer_image(config, image, weights=weights,
+                                                   out_dir=out_dir, device=device)
     raise SystemExit(f'error: {config} has default_scope={scope!r}; image_demo serves '
                      f'{", ".join(TOOLBOXES)}')
 

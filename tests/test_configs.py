@@ -1,5 +1,4 @@
 """The shipped configs build in their toolbox with the official architectures' parameter counts."""
-import importlib
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from helpers import CONFIGS, ROOT
+from vheat_mm.mm.toolbox import registry as toolbox_registry
 
 EXPECTED = {
     'mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py': 52.74,
@@ -30,7 +30,7 @@ def test_config_builds_with_official_parameter_count(name, params):
     cfg = Config.fromfile(str(CONFIGS / name))
     assert cfg.custom_imports['imports'] == ['vheat_mm']
     assert cfg.model.backbone.type == 'vHeat'
-    registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
+    registry = toolbox_registry(cfg.default_scope).MODELS
     with DefaultScope.overwrite_default_scope(cfg.default_scope):  # leaves no global scope
         model = registry.build(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == params

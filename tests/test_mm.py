@@ -1,5 +1,4 @@
 """The toolbox adapters: registries, official config names, init_cfg loading, official features."""
-import importlib
 import logging
 import re
 import subprocess
@@ -17,6 +16,7 @@ from helpers import (DAMAGED_FILES, DATA, MINI, ROOT, load_script, mini_arch,
                      write_crafted_checkpoint, write_damaged_checkpoint)
 from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.backbone import VHeatBackbone
+from vheat_mm.mm.toolbox import registry as toolbox_registry
 from vheat_mm.models import VHeat
 
 
@@ -26,7 +26,7 @@ OFFICIAL_KW = dict(depths=(1, 1, 2, 1), dims=8, post_norm=True, layer_scale=1e-5
 
 
 def registry(toolbox):
-    return importlib.import_module(f'{toolbox}.registry').MODELS
+    return toolbox_registry(toolbox).MODELS
 
 
 def config(name, **extra):

@@ -23,7 +23,7 @@ from mmpretrain.registry import MODELS as CLASSIFIERS
 
 from helpers import CONFIGS, DATA, ROOT, load_script, mini_arch
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
-from vheat_mm.mm import tool_config
+from vheat_mm.mm import cpu_launch, tool_config
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.models import VHeat
 import vheat_mm.timm_models  # noqa: F401  registers vheat_tiny/small/base with timm
@@ -214,6 +214,7 @@ def runner_for(config: Path, work_dir: Path, **backbone):
     cfg, toolbox = tool_config.load_config(str(config), work_dir=str(work_dir), cfg_options=None,
                                            launcher='none')
     cfg.model.backbone.update(arch=mini_arch(CONFIG), img_size=CONFIG['img_size'], **backbone)
+    cpu_launch.prepare_cpu_launch(cfg)  # as the tools do
     return cfg, toolbox
 
 

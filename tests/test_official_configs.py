@@ -7,7 +7,6 @@ official parameter count, loads its ``pretrained`` checkpoint (freq_embed resize
 and runs. The configs are read from a checkout of the official repository named by
 ``VHEAT_OFFICIAL_CHECKOUT``; without one the test is skipped.
 """
-import importlib
 import logging
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from helpers import ROOT, load_script
+from vheat_mm.mm.toolbox import registry as toolbox_registry
 from vheat_mm.models import VHeat
 
 CHECKOUT = Path(os.environ.get('VHEAT_OFFICIAL_CHECKOUT', '/nonexistent'))
@@ -57,7 +57,7 @@ def test_official_config_builds_loads_and_runs(name, pretrained, tmp_path, caplo
     cfg = Config.fromfile(str(path))
     assert cfg.model.backbone.pretrained == 'path/to/pth'  # the official placeholder
     cfg.model.backbone.pretrained = str(pretrained[arch])
-    registry = importlib.import_module(f'{toolbox}.registry').MODELS
+    registry = toolbox_registry(toolbox).MODELS
     with DefaultScope.overwrite_default_scope(toolbox), \
             caplog.at_level(logging.INFO, logger='vheat_mm'):
         model = registry.build(cfg.model)

@@ -6,7 +6,6 @@ checkout named by ``VHEAT_OFFICIAL_CHECKOUT``, skipped without one), and ``docs/
 shows those tables. Without a checkout: each downstream config starts from the freq_embed that
 ``interpolate4downstream.py`` writes for its img_size (zero-padded from 224).
 """
-import importlib
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mmengine.registry import DefaultScope
 
 from helpers import CONFIGS, MINI, MINI_POST, ROOT, load_script
 from vheat_mm.checkpoint import convert_freq_embeds
+from vheat_mm.mm.toolbox import registry as toolbox_registry
 from vheat_mm.models import VHeat
 
 recipes = load_script(ROOT / 'tools/analysis_tools/recipes.py')
@@ -66,7 +66,7 @@ def classifiers(tmp_path_factory):
 
 
 def built_backbone(backbone: dict, toolbox: str) -> torch.nn.Module:
-    registry = importlib.import_module(f'{toolbox}.registry').MODELS
+    registry = toolbox_registry(toolbox).MODELS
     with DefaultScope.overwrite_default_scope(toolbox):
         model = registry.build(backbone)
     model.init_weights()

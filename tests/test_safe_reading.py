@@ -24,7 +24,7 @@ from mmengine.runner.checkpoint import (CheckpointLoader, get_external_models,
 from helpers import (CONFIGS, MINI, CountingServer, mini_arch, one_line_message, python_tool,
                      write_crafted_checkpoint)
 from vheat_mm.checkpoint import CheckpointError
-from vheat_mm.mm import tool_config
+from vheat_mm.mm import cpu_launch, tool_config
 from vheat_mm.models import VHeat
 
 
@@ -225,6 +225,7 @@ def runner_for(config: Path, work_dir: Path):
     cfg, toolbox = tool_config.load_config(str(config), work_dir=str(work_dir), cfg_options=None,
                                            launcher='none')
     cfg.model.backbone.update(arch=mini_arch(MINI), img_size=64)
+    cpu_launch.prepare_cpu_launch(cfg)  # as the tools do
     return cfg, toolbox
 
 

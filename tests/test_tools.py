@@ -1,4 +1,5 @@
-"""The config steps of tools/train.py and tools/test.py (vheat_mm.mm.tool_config); launch scripts.
+"""The config steps of tools/train.py and tools/test.py (vheat_mm.mm.tool_config), running them
+without CUDA (vheat_mm.mm.cpu_launch), the toolbox profiles (vheat_mm.mm.toolbox); launch scripts.
 
 Nothing here trains: the config transforms are checked on config dicts, the CPU process-group
 set-up with a one-process group, and the shell scripts with stand-ins for python and srun.
@@ -17,7 +18,7 @@ from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 
 from helpers import ROOT, free_port, load_script
-from vheat_mm.mm import tool_config
+from vheat_mm.mm import cpu_launch, tool_config, toolbox
 from vheat_mm.mm.tool_config import ToolConfigError
 
 
@@ -37,8 +38,9 @@ def config(**fields) -> Config:
 @pytest.fixture
 def logged(monkeypatch):
     messages = []
-    monkeypatch.setattr(tool_config, 'print_log',
-                        lambda message, logger, level: messages.append(message))
+    for module in (tool_config, cpu_launch):
+        monkeypatch.setattr(module, 'print_log',
+                            lambda message, logger, level: messages.append(message))
     return messages
 
 
@@ -51,8 +53,8 @@ def test_toolbox_is_the_default_scope(scope):
 @pytest.mark.parametrize('scope', [None, 'mmengine', 'mmocr'])
 def test_missing_or_unknown_scope_lists_the_toolboxes(scope):
     cfg = config() if scope is None else config(default_scope=scope)
-    with pytest.raises(ToolConfigError, match=r"default_scope to one of \['mmdet', 'mmseg', "
-                                              rf"'mmpretrain'\] to choose the toolbox; it is "
+    with pytest.raises(ToolConfigError, match=r"default_scope to one of \['mmpretrain', 'mmdet', "
+                                              rf"'mmseg'\] to choose the toolbox; it is "
                                               rf"{scope!r}"):
         tool_config.select_toolbox(cfg)
 
@@ -158,10 +160,12 @@ def test_show_dir_and_out_per_toolbox():
 
 
 def test_the_objects_the_toolbox_profiles_name_import():
-    for toolbox, profile in tool_config.TOOLBOX_PROFILES.items():
-        for dotted in (profile.dump_metric, profile.runner_setup):
+    for name, profile in toolbox.TOOLBOX_PROFILES.items():
+        assert hasattr(toolbox.registry(name), 'MODELS'), name
+        assert callable(profile.infer_image), name
+        for dotted in (profile.dump_metric, profile.runner_setup, profile.data_sample):
             if dotted is not None:
-                assert callable(tool_config._import_object(dotted)), (toolbox, dotted)
+                assert callable(toolbox.import_object(dotted)), (name, dotted)
 
 
 # ----------------------------------------------------------------------------- --tta
@@ -220,7 +224,7 @@ def test_tta_for_mmpretrain_flips_and_averages():
 # ----------------------------------------------------------------------------- CPU
 def test_sync_bn_becomes_bn_with_every_change_logged(logged):
     cfg = config(model=UPERNET_MODEL, sync_bn='torch', launcher='none')
-    changes = tool_config.adapt_to_cpu(cfg)
+    changes = cpu_launch.adapt_to_cpu(cfg)
     assert cfg.model.decode_head.norm_cfg == dict(type='BN', requires_grad=True)
     assert [head.norm_cfg.type for head in cfg.model.auxiliary_head] == ['BN', 'BN']
     assert cfg.model.neck.norm_cfg.type == 'BN' and cfg.sync_bn is None
@@ -229,7 +233,7 @@ def test_sync_bn_becomes_bn_with_every_change_logged(logged):
                        'model.neck.norm_cfg: mmcv.MMSyncBN -> BN',
                        "sync_bn: 'torch' -> None (no BN to SyncBN conversion)"]
     assert logged == [f'no CUDA, config changed to run on CPU: {c}' for c in changes]
-    assert tool_config.replace_sync_bn(cfg) == []
+    assert cpu_launch.replace_sync_bn(cfg) == []
     assert 'env_cfg' not in cfg and 'model_wrapper_cfg' not in cfg  # one process: no group
 
 
@@ -238,17 +242,17 @@ def test_mixed_precision_falls_back_to_float32_on_cpu(logged):
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'  # the paper configs' default
     change = ('optim_wrapper: AmpOptimWrapper -> OptimWrapper (float32: mixed precision with a '
               'loss scaler needs CUDA)')
-    assert tool_config.adapt_to_cpu(cfg) == [change]
+    assert cpu_launch.adapt_to_cpu(cfg) == [change]
     assert logged == [f'no CUDA, config changed to run on CPU: {change}']
     assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
     assert 'dtype' not in cfg.optim_wrapper and cfg.optim_wrapper.clip_grad == dict(max_norm=5.0)
-    assert tool_config.train_in_float32(cfg) == []
+    assert cpu_launch.train_in_float32(cfg) == []
 
 
 def test_distributed_cpu_runs_get_gloo_and_ddp_without_device_ids(logged):
     cfg = config(model=UPERNET_MODEL, launcher='pytorch', find_unused_parameters=True,
                  env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60)))
-    changes = tool_config.adapt_to_cpu(cfg)
+    changes = cpu_launch.adapt_to_cpu(cfg)
     assert changes[-2:] == ['env_cfg.dist_cfg.backend: nccl -> gloo',
                             'model_wrapper_cfg: MMDistributedDataParallel with device_ids=None']
     assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=60)
@@ -266,7 +270,7 @@ def test_distributed_cpu_runs_get_gloo_and_ddp_without_device_ids(logged):
 ])
 def test_gloo_replaces_nccl(env_cfg, backend, changed):
     cfg = config() if env_cfg is None else config(env_cfg=env_cfg)
-    assert bool(tool_config.use_gloo_backend(cfg)) is changed
+    assert bool(cpu_launch.use_gloo_backend(cfg)) is changed
     assert cfg.env_cfg.dist_cfg.backend == backend
     if env_cfg and 'dist_cfg' in env_cfg and 'timeout' in env_cfg['dist_cfg']:
         assert cfg.env_cfg.dist_cfg.timeout == 60
@@ -275,13 +279,45 @@ def test_gloo_replaces_nccl(env_cfg, backend, changed):
 def test_ddp_subclasses_in_model_wrapper_cfg_get_no_device_ids():
     custom = config(model_wrapper_cfg=dict(type='MMSeparateDistributedDataParallel',
                                            broadcast_buffers=True))
-    assert tool_config.ddp_without_device_ids(custom) == [
+    assert cpu_launch.ddp_without_device_ids(custom) == [
         'model_wrapper_cfg (MMSeparateDistributedDataParallel): device_ids=None']
     assert custom.model_wrapper_cfg.device_ids is None
     assert custom.model_wrapper_cfg.broadcast_buffers is True
     fsdp = config(model_wrapper_cfg=dict(type='MMFullyShardedDataParallel'))
-    assert tool_config.ddp_without_device_ids(fsdp) == []
+    assert cpu_launch.ddp_without_device_ids(fsdp) == []
     assert 'device_ids' not in fsdp.model_wrapper_cfg
+
+
+def test_prepare_cpu_launch_adapts_only_without_cuda(monkeypatch, logged):
+    amp = dict(type='AmpOptimWrapper', loss_scale='dynamic', optimizer=dict(type='AdamW'))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = config(model=UPERNET_MODEL, optim_wrapper=amp, launcher='none')
+    assert cpu_launch.prepare_cpu_launch(cfg) == [] and cfg.optim_wrapper == amp
+    assert cfg.model.decode_head.norm_cfg.type == 'SyncBN' and logged == []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    changes = cpu_launch.prepare_cpu_launch(cfg)
+    assert changes == cpu_launch.adapt_to_cpu(config(model=UPERNET_MODEL, optim_wrapper=amp,
+                                                     launcher='none'))
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and not dist.is_initialized()
+
+
+def test_build_runner_builds_the_config_as_it_is(monkeypatch):
+    """Adapting to the CPU is the tools' explicit step: build_runner changes nothing."""
+    built = []
+
+    class Recorder:
+        @staticmethod
+        def from_cfg(cfg):
+            built.append(cfg)
+            return 'runner'
+
+    monkeypatch.setattr(tool_config, 'Runner', Recorder)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = config(model=UPERNET_MODEL, launcher='pytorch', default_scope='mmseg',
+                 optim_wrapper=dict(type='AmpOptimWrapper'))
+    before = cfg.to_dict()
+    assert tool_config.build_runner(cfg, toolbox='mmseg') == 'runner'
+    assert built == [cfg] and cfg.to_dict() == before and not dist.is_initialized()
 
 
 @pytest.fixture
@@ -320,9 +356,9 @@ def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, 
         torch.cuda.set_device(0)  # what mmengine's launchers call: it fails without a GPU
     cfg = config(model=dict(type='M'), launcher=launcher,
                  env_cfg=dict(mp_cfg=dict(mp_start_method='fork'), dist_cfg=dict(backend='nccl')))
-    tool_config.adapt_to_cpu(cfg)
+    cpu_launch.adapt_to_cpu(cfg)
     set_device = torch.cuda.set_device
-    tool_config.init_distributed_without_cuda(cfg)
+    cpu_launch.init_distributed_without_cuda(cfg)
     assert torch.cuda.set_device is set_device
     assert dist.is_initialized() and dist.get_backend() == 'gloo' and dist.get_world_size() == 1
     if launcher == 'slurm':
@@ -333,7 +369,7 @@ def test_cpu_process_group_with_mmengine_launchers(isolated_dist_env, tmp_path, 
                                    default_args=dict(module=torch.nn.Linear(2, 2), device_ids=[0]))
     assert wrapped.device_ids is None
     wrapped(torch.ones(1, 2)).sum().backward()
-    tool_config.close_distributed()
+    cpu_launch.close_distributed()
     assert not dist.is_initialized()
 
 
@@ -411,8 +447,8 @@ def test_train_tool_reports_a_config_without_a_toolbox(tmp_path):
                            '--work-dir', str(tmp_path / 'wd')],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1
-    assert "train.py: error: the config must set default_scope to one of ['mmdet', 'mmseg', " \
-           "'mmpretrain'] to choose the toolbox; it is None" in done.stderr
+    assert "train.py: error: the config must set default_scope to one of ['mmpretrain', 'mmdet', " \
+           "'mmseg'] to choose the toolbox; it is None" in done.stderr
 
 
 def test_check_install_checks_mmcv_ops(capsys):

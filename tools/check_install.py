@@ -9,7 +9,6 @@ Usage: python tools/check_install.py [--size H W]
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 import vheat_mm.mm
 from vheat_mm import VHeat
+from vheat_mm.mm.toolbox import TOOLBOX_PROFILES, registry
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -94,19 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f'input image {tuple(image.shape)}')
 
     official_tiny = dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, img_size=512)
-    builds = [('mmpretrain', 'vHeat', {}), ('mmdet', 'vHeat', {}), ('mmseg', 'vHeat', {}),
-              ('mmdet', 'MMDET_VHEAT', official_tiny), ('mmseg', 'MMSEG_VHEAT', official_tiny)]
-    for toolbox, name, kwargs in builds:
+    for toolbox, profile in TOOLBOX_PROFILES.items():
         if toolbox not in vheat_mm.mm.REGISTERED_INTO:
             print(f'{toolbox}: not installed, skipped')
             continue
-        registry = importlib.import_module(f'{toolbox}.registry').MODELS
-        cfg = dict(type=name, **(kwargs or dict(arch='tiny', img_size=512)))
-        backbone = registry.build(cfg).eval()
-        with torch.no_grad():
-            feats = backbone(image)
-        shapes = ', '.join(str(tuple(f.shape)) for f in feats)
-        print(f'{toolbox:10s} {name:12s} {count(backbone)}: {shapes}')
+        builds = [('vHeat', dict(arch='tiny', img_size=512))]
+        if profile.official is not None:
+            builds.append((profile.official.name, official_tiny))
+        for name, kwargs in builds:
+            backbone = registry(toolbox).MODELS.build(dict(type=name, **kwargs)).eval()
+            with torch.no_grad():
+                feats = backbone(image)
+            shapes = ', '.join(str(tuple(f.shape)) for f in feats)
+            print(f'{toolbox:10s} {name:12s} {count(backbone)}: {shapes}')
 
     classifier = VHeat('tiny').eval()
     with torch.no_grad():

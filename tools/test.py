@@ -14,7 +14,7 @@ import sys
 
 import vheat_mm.mm  # noqa: F401  registers vHeat, mmengine reads checkpoints safely
 from vheat_mm.checkpoint import CheckpointError, strict_loading
-from vheat_mm.mm import tool_config
+from vheat_mm.mm import cpu_launch, tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,7 +25,6 @@ def parse_args() -> argparse.Namespace:
                                       'mmseg: directory for the predicted maps')
     parser.add_argument('--show-dir', help='directory for painted predictions')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    tool_config.add_strict_argument(parser)
     return tool_config.parse_tool_args(parser)
 
 
@@ -44,6 +43,7 @@ def main() -> None:
     cfg.load_from = args.checkpoint
     tool_config.set_dataloader_defaults(cfg, toolbox=toolbox, fields=('test_dataloader',),
                                         persistent_workers=False)
+    cpu_launch.prepare_cpu_launch(cfg)  # without CUDA: made to run on the CPU, logged
     runner = tool_config.build_runner(cfg, toolbox=toolbox)
     if args.out is not None:
         tool_config.attach_dump_metric(runner, toolbox=toolbox, out=args.out)
@@ -56,4 +56,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
-    tool_config.close_distributed()  # after main() released the runner
+    cpu_launch.close_distributed()  # after main() released the runner

@@ -4,7 +4,7 @@
         [--strict] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Several processes: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``. Runs
-on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.tool_config`.
+on CPU too (gloo, BN for SyncBN): see :mod:`vheat_mm.mm.cpu_launch`.
 
 One run per work_dir: a run refuses to start where another live run holds the work_dir's lock
 file (``train.lock``), unless ``--resume`` is given (see :mod:`vheat_mm.mm.work_dir_lock`).
@@ -16,7 +16,7 @@ import sys
 
 import vheat_mm.mm  # noqa: F401  registers vHeat, mmengine reads checkpoints safely
 from vheat_mm.checkpoint import CheckpointError, strict_loading
-from vheat_mm.mm import tool_config
+from vheat_mm.mm import cpu_launch, tool_config
 from vheat_mm.mm.work_dir_lock import WorkDirInUse
 
 
@@ -30,7 +30,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); '
                              'without CUDA, float32 with a warning')
-    tool_config.add_strict_argument(parser)
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
     return tool_config.parse_tool_args(parser)
@@ -56,6 +55,7 @@ def main() -> None:
             cfg, toolbox=toolbox,
             fields=('train_dataloader', 'val_dataloader', 'test_dataloader'),
             persistent_workers=True)
+        cpu_launch.prepare_cpu_launch(cfg)  # without CUDA: made to run on the CPU, logged
         runner = tool_config.build_runner(cfg, toolbox=toolbox)
         try:
             with strict_loading(args.strict):
@@ -66,4 +66,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
-    tool_config.close_distributed()  # after main() released the runner
+    cpu_launch.close_distributed()  # after main() released the runner

@@ -4,7 +4,8 @@
         [--cfg-options k=v ...]
 
 The toolbox is the config's ``default_scope``; the model and its input follow that toolbox's
-own ``get_flops.py``, on one image of the given size (H, W):
+own ``get_flops.py`` (its :class:`~vheat_mm.mm.toolbox.ToolboxProfile`: ``flops_shape``,
+``data_sample``, ``flops_without``), on one image of the given size (H, W):
 
 * mmpretrain (default 224x224): backbone, neck and head (``forward`` in 'tensor' mode) on a
   (1, 3, H, W) tensor;
@@ -24,7 +25,6 @@ correct handle for the broadcasted matmuls of the HCO's DCTs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections import Counter
 from typing import Any, NamedTuple, Sequence
@@ -37,12 +37,10 @@ from torch import Tensor, nn
 
 import vheat_mm.mm  # noqa: F401  registers vHeat
 from vheat_mm.checkpoint import CheckpointError
-from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
 from vheat_mm.mm import tool_config
-
-DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}
-DATA_SAMPLES = {'mmdet': 'mmdet.structures.DetDataSample',
-                'mmseg': 'mmseg.structures.SegDataSample'}
+from vheat_mm.mm.cpu_launch import replace_sync_bn
+from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
+from vheat_mm.mm.toolbox import TOOLBOX_PROFILES, import_object, registry
 
 
 class Complexity(NamedTuple):
@@ -59,7 +57,7 @@ class Complexity(NamedTuple):
 def parse_shape(shape: Sequence[int] | None, toolbox: str) -> tuple[int, int]:
     """``[S]`` -> (S, S), ``[H, W]`` -> (H, W), None -> the toolbox's default."""
     if shape is None:
-        return DEFAULT_SHAPES[toolbox]
+        return TOOLBOX_PROFILES[toolbox].flops_shape
     if len(shape) == 1:
         return int(shape[0]), int(shape[0])
     if len(shape) == 2:
@@ -69,10 +67,11 @@ def parse_shape(shape: Sequence[int] | None, toolbox: str) -> tuple[int, int]:
 
 def build_model(cfg: Config, toolbox: str, *, deploy: bool = True) -> nn.Module:
     """The config's model, from the toolbox's registry, in eval mode (and deployed form)."""
-    tool_config.replace_sync_bn(cfg)
-    model = importlib.import_module(f'{toolbox}.registry').MODELS.build(cfg.model)
-    if toolbox == 'mmseg' and getattr(model, 'auxiliary_head', None) is not None:
-        model.auxiliary_head = None  # mmseg's get_flops: not part of inference
+    replace_sync_bn(cfg)
+    model = registry(toolbox).MODELS.build(cfg.model)
+    for head in TOOLBOX_PROFILES[toolbox].flops_without:  # not part of inference
+        if getattr(model, head, None) is not None:
+            setattr(model, head, None)
     model.eval()
     if deploy and switch_to_deploy(model) == 0:
         raise tool_config.ToolConfigError('the model has no vHeat network to switch to its '
@@ -87,10 +86,10 @@ def make_inputs(model: nn.Module, toolbox: str, shape: tuple[int, int]) -> tuple
     preprocessor, which normalises and pads it (H', W' are the padded size).
     """
     generator = torch.Generator().manual_seed(0)
-    if toolbox == 'mmpretrain':
+    data_sample = TOOLBOX_PROFILES[toolbox].data_sample
+    if data_sample is None:
         return torch.randn(1, 3, *shape, generator=generator), None
-    module, name = DATA_SAMPLES[toolbox].rsplit('.', 1)
-    sample = getattr(importlib.import_module(module), name)(
+    sample = import_object(data_sample)(
         metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1., 1.)))
     image = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=generator)
     data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
@@ -155,9 +154,10 @@ def report(result: Complexity) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='FLOPs and parameters of a vheat_mm model')
     parser.add_argument('config', help='config file path')
+    defaults = ', '.join(f'{toolbox} {profile.flops_shape[0]} {profile.flops_shape[1]}'
+                         for toolbox, profile in TOOLBOX_PROFILES.items())
     parser.add_argument('--shape', type=int, nargs='+',
-                        help='input size: S or H W (default: mmpretrain 224 224, mmdet 800 1280, '
-                             'mmseg 512 2048)')
+                        help=f'input size: S or H W (default: {defaults})')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value (lists as key="[a,b]")')
     parser.add_argument('--no-deploy', action='store_true',

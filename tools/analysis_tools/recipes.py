@@ -51,7 +51,6 @@ PAPER_CONFIGS = {
     'upernet/upernet_vheat-b_8xb2-160k_ade20k-512x512.py':
         'segmentation/configs/vheat/upernet_vheat_160k_ade20k_512x512_base.py',
 }
-TOOLBOXES = {'detection': 'mmdet', 'segmentation': 'mmseg'}
 IMPORTS = "\ncustom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)\n"
 
 
@@ -79,9 +78,20 @@ def fix_base(text: str, toolbox: str) -> str:
     return re.sub(r"'(?:\.\./|\./)(swin/[^']+)'", rf"'{toolbox}::\1'", text) + IMPORTS
 
 
+def official_toolbox(name: str) -> str:
+    """The toolbox of the official downstream config ``name``, by its folder in the official
+    repository (``OfficialBackbone.folder`` in vheat_mm's toolbox profiles)."""
+    from vheat_mm.mm.toolbox import TOOLBOX_PROFILES  # imports vheat_mm: registers the backbone
+    folder = name.split('/', 1)[0]
+    for toolbox, profile in TOOLBOX_PROFILES.items():
+        if profile.official is not None and profile.official.folder == folder:
+            return toolbox
+    raise ValueError(f'no toolbox holds the official folder {folder!r} ({name})')
+
+
 def official_downstream_config(checkout: Path, name: str) -> Config:
     """An official detection or segmentation config, resolved (see :func:`fix_base`)."""
-    toolbox = TOOLBOXES[name.split('/', 1)[0]]
+    toolbox = official_toolbox(name)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name
         path.write_text(fix_base((checkout / name).read_text(), toolbox))
@@ -372,10 +382,10 @@ def classification_rows(cfg: Config, off: dict) -> list[Row]:
 # ----------------------------------------------------------------------------- downstream
 def _official_backbone(backbone: dict, toolbox: str) -> dict:
     """The official keywords with the official class's defaults filled in."""
-    from vheat_mm.mm import OFFICIAL_NAMES
     from vheat_mm.mm.backbone import build_official_backbone
-    name, img_size = OFFICIAL_NAMES[toolbox]
-    build = build_official_backbone(name, img_size)
+    from vheat_mm.mm.toolbox import TOOLBOX_PROFILES
+    official = TOOLBOX_PROFILES[toolbox].official
+    build = build_official_backbone(official.name, official.img_size)
     defaults = {n: p.default for n, p in inspect.signature(build).parameters.items()
                 if p.default is not p.empty}
     return {**defaults, **{k: v for k, v in backbone.items() if k in defaults}}
@@ -448,7 +458,7 @@ def recipe_rows(name: str, checkout: Path) -> list[Row]:
     cfg = Config.fromfile(str(CONFIGS / name))
     if name.startswith('classification/'):
         return classification_rows(cfg, official_classification(checkout, official))
-    toolbox = TOOLBOXES[official.split('/', 1)[0]]
+    toolbox = official_toolbox(official)
     return downstream_rows(cfg, official_downstream_config(checkout, official), checkout,
                            toolbox)
 

@@ -69,19 +69,17 @@ def progress(items, label: str):
 def build_vheat(args) -> tuple[VHeatFeatures, str]:
     """The backbone to draw, and the words that name its weights."""
     if args.config:
-        import importlib
-
         from mmengine.config import Config
         from mmengine.registry import DefaultScope
         from vheat_mm.mm.tool_config import select_toolbox  # imports vheat_mm: registers vHeat
+        from vheat_mm.mm.toolbox import registry
         cfg = Config.fromfile(args.config)
         scope = select_toolbox(cfg)
-        registry = importlib.import_module(f'{scope}.registry').MODELS
         backbone_cfg = dict(cfg.model.backbone)
         backbone_cfg.pop('init_cfg', None)
         backbone_cfg.pop('pretrained', None)
         with DefaultScope.overwrite_default_scope(scope):
-            model = registry.build(backbone_cfg)
+            model = registry(scope).MODELS.build(backbone_cfg)
         name = Path(args.config).stem
     else:
         arch = json.loads(args.arch) if args.arch.startswith('{') else args.arch

@@ -3,8 +3,9 @@
 ``import vheat_mm.mm`` (which ``import vheat_mm`` does where mmengine is imported, as in a
 config's ``custom_imports``, and the project's tools do) runs :func:`register_all`.
 
-Each toolbox that is installed gets ``vHeat``; mmdet also gets ``MMDET_VHEAT`` and mmseg
-``MMSEG_VHEAT``, the names of the official configs. A toolbox that is not installed is skipped.
+Each toolbox of :data:`~.toolbox.TOOLBOX_PROFILES` that is installed gets ``vHeat``, and the
+official code's name where it has one (mmdet ``MMDET_VHEAT``, mmseg ``MMSEG_VHEAT``, the names of
+the official configs). A toolbox that is not installed is skipped.
 mmengine's hook registry (which every toolbox's inherits) gets ``AtomicCheckpointHook``,
 ``RequireRunnerCheckpointHook`` and ``RawAndEMAHook``.
 mmengine then reads local and http(s) checkpoints through vheat_mm's safe reader, also in the
@@ -14,22 +15,14 @@ says how well a checkpoint fits (:mod:`.state_dict_loading`), and shows vheat_mm
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import warnings
 
-REGISTRY_MODULES = {'mmpretrain': 'mmpretrain.registry', 'mmdet': 'mmdet.registry',
-                    'mmseg': 'mmseg.registry'}
-OFFICIAL_NAMES = {'mmdet': ('MMDET_VHEAT', 224), 'mmseg': ('MMSEG_VHEAT', 512)}
-
-
-def _installed(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
+from .toolbox import TOOLBOX_PROFILES, is_installed, registry
 
 
 def register_all() -> tuple[str, ...]:
     """Register into every installed toolbox; returns the toolboxes registered into."""
-    if not _installed('mmengine'):
+    if not is_installed('mmengine'):
         return ()
     from mmengine.registry import HOOKS
 
@@ -48,14 +41,14 @@ def register_all() -> tuple[str, ...]:
         if hook.__name__ not in HOOKS.module_dict:
             HOOKS.register_module(module=hook)
     done = []
-    for toolbox, registry_module in REGISTRY_MODULES.items():
-        if not _installed(toolbox):
+    for toolbox, profile in TOOLBOX_PROFILES.items():
+        if not is_installed(toolbox):
             continue
-        models = importlib.import_module(registry_module).MODELS
+        models = registry(toolbox).MODELS
         entries = {'vHeat': VHeatBackbone}
-        if toolbox in OFFICIAL_NAMES:
-            name, img_size = OFFICIAL_NAMES[toolbox]
-            entries[name] = build_official_backbone(name, img_size)
+        official = profile.official
+        if official is not None:
+            entries[official.name] = build_official_backbone(official.name, official.img_size)
         for name, obj in entries.items():
             taken = models.module_dict.get(name)
             if taken is None:

@@ -1,17 +1,12 @@
 """The config steps of ``tools/train.py`` and ``tools/test.py``, one pair of tools for three
-toolboxes (``tools/analysis_tools/get_flops.py`` reads configs with them too).
+toolboxes (``tools/analysis_tools/get_flops.py`` reads configs with them too): the command line,
+loading a config, the edit each flag makes, and building the runner.
 
 The toolbox is the config's ``default_scope``. Each step follows that toolbox's own
 ``tools/train.py`` / ``tools/test.py`` (work_dir, ``--resume``, ``--amp``, ``--tta``,
 ``--show-dir``, ``--out``); where they differ, the difference is a field of the toolbox's
-:class:`ToolboxProfile` in :data:`TOOLBOX_PROFILES`.
-
-Without CUDA, :func:`adapt_to_cpu` rewrites the config so that training and testing run on CPU,
-also with several processes: BN instead of SyncBN, float32 instead of mixed precision
-(``AmpOptimWrapper``) and, for several processes, the ``gloo``
-backend instead of ``nccl`` and DDP without ``device_ids``. :func:`build_runner` applies it
-and, for a distributed launch, initialises the process group with mmengine's own launcher code
-(see :func:`init_distributed_without_cuda`).
+:class:`~vheat_mm.mm.toolbox.ToolboxProfile`. Running without CUDA is
+:mod:`vheat_mm.mm.cpu_launch`, which the tools call before :func:`build_runner`.
 
 On any machine, mmengine reads checkpoints with ``weights_only=True`` (``import vheat_mm`` sets
 :func:`~vheat_mm.mm.safe_load.use_weights_only_loading`), and ``tools/train.py`` saves them
@@ -26,94 +21,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import gc
-import importlib
-import importlib.util
 import logging
 import os
 import os.path as osp
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.dist import init_dist, is_distributed
 from mmengine.logging import print_log
-from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
-from mmengine.utils.dl_utils import set_multi_processing
-from torch.nn.parallel import DistributedDataParallel
 
+from .toolbox import TOOLBOX_PROFILES, TOOLBOXES, ToolboxProfile, import_object, is_installed, \
+    registry
 from .work_dir_lock import WorkDirLock
 
-__all__ = ['ToolConfigError', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES', 'LAUNCHERS',
+__all__ = ['ToolConfigError', 'LAUNCHERS',
            'add_launch_arguments', 'add_strict_argument', 'export_local_rank',
-           'parse_tool_args', 'load_config',
-           'load_tool_config', 'select_toolbox',
+           'parse_tool_args', 'load_config', 'load_tool_config', 'select_toolbox',
            'enable_amp', 'enable_auto_scale_lr', 'set_resume', 'set_dataloader_defaults',
            'enable_visualization', 'enable_tta', 'set_test_output', 'attach_dump_metric',
            'use_atomic_checkpoints', 'check_last_checkpoint', 'launch_rank', 'lock_work_dir',
-           'use_gloo_backend', 'ddp_without_device_ids', 'replace_sync_bn', 'train_in_float32',
-           'adapt_to_cpu',
-           'init_distributed_without_cuda', 'build_runner', 'close_distributed']
+           'build_runner']
 
-
-@dataclass(frozen=True)
-class ToolboxProfile:
-    """Where one toolbox's own ``tools/train.py`` / ``tools/test.py`` differ from the others'.
-
-    Objects named by a dotted path (``module.name``) are imported only when used.
-    """
-    # --show-dir: the attribute of default_hooks.visualization that turns drawing on, and the
-    # config key (dotted) that takes the directory
-    show_switch: str
-    show_dir_key: str
-    # --tta: the wrapper that merges the augmented predictions; with tta_defaults, a config
-    # without tta_model / tta_pipeline gets this wrapper / a flip TTA of its test pipeline,
-    # without it the config must have both (the wrapper is then the example in the error)
-    tta_model: dict
-    tta_defaults: bool
-    # the flip TTA's last transform (None: the test pipeline's own), and whether the test
-    # pipeline is read from the innermost of nested dataset wrappers
-    tta_pack: dict | None = None
-    tta_innermost_dataset: bool = False
-    # --out: the metric that dumps predictions to a .pkl file; None: --out is a directory
-    # that the test evaluator writes predictions to (output_dir, keep_results)
-    dump_metric: str | None = None
-    # the dataloader defaults of mmpretrain's tools (default_collate, pin_memory,
-    # persistent_workers), see set_dataloader_defaults
-    dataloader_defaults: bool = False
-    # called before the runner is built
-    runner_setup: str | None = None
-
-
-TOOLBOX_PROFILES: dict[str, ToolboxProfile] = {
-    'mmdet': ToolboxProfile(
-        show_switch='draw', show_dir_key='default_hooks.visualization.test_out_dir',
-        tta_model=dict(type='DetTTAModel',
-                       tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)),
-        tta_defaults=True,
-        tta_pack=dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
-                                                       'img_shape', 'scale_factor', 'flip',
-                                                       'flip_direction')),
-        tta_innermost_dataset=True,
-        dump_metric='mmdet.evaluation.DumpDetResults',
-        runner_setup='mmdet.utils.setup_cache_size_limit_of_dynamo'),
-    'mmseg': ToolboxProfile(
-        show_switch='draw', show_dir_key='visualizer.save_dir',
-        tta_model=dict(type='SegTTAModel'), tta_defaults=False),
-    'mmpretrain': ToolboxProfile(
-        show_switch='enable', show_dir_key='default_hooks.visualization.out_dir',
-        tta_model=dict(type='mmpretrain.AverageClsScoreTTA'), tta_defaults=True,
-        dump_metric='mmengine.evaluator.DumpResults', dataloader_defaults=True),
-}
-TOOLBOXES = tuple(TOOLBOX_PROFILES)
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # where each launcher puts a process's global rank before the process group exists (what
 # mmengine's init_dist reads)
 RANK_VARIABLES = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}
-SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
-GPU_ONLY_BACKENDS = ('nccl',)
 
 
 class ToolConfigError(ValueError):
@@ -122,12 +55,6 @@ class ToolConfigError(ValueError):
 
 def _log(message: str, level: int = logging.INFO) -> None:
     print_log(message, logger='current', level=level)
-
-
-def _import_object(dotted: str) -> Any:
-    """The object that ``module.name`` names."""
-    module, _, name = dotted.rpartition('.')
-    return getattr(importlib.import_module(module), name)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -157,8 +84,10 @@ def export_local_rank(args: argparse.Namespace) -> None:
 
 
 def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse a tool's command line: ``parser``'s own arguments and :func:`add_launch_arguments`'s;
-    then :func:`export_local_rank`."""
+    """Parse the command line of ``tools/train.py`` or ``tools/test.py``: ``parser``'s own
+    arguments, :func:`add_strict_argument`'s and :func:`add_launch_arguments`'s; then
+    :func:`export_local_rank`."""
+    add_strict_argument(parser)
     add_launch_arguments(parser)
     args = parser.parse_args()
     export_local_rank(args)
@@ -172,7 +101,7 @@ def select_toolbox(cfg: Config) -> str:
     if scope not in TOOLBOXES:
         raise ToolConfigError(f'the config must set default_scope to one of '
                               f'{list(TOOLBOXES)} to choose the toolbox; it is {scope!r}')
-    if importlib.util.find_spec(scope) is None:
+    if not is_installed(scope):
         raise ToolConfigError(f'the config is for {scope} (default_scope), which is not '
                               f'installed')
     return scope
@@ -334,7 +263,7 @@ def attach_dump_metric(runner: Runner, *, toolbox: str, out: str) -> None:
     for mmpretrain), which writes the predictions to ``out``; nothing where it has none."""
     dump_metric = TOOLBOX_PROFILES[toolbox].dump_metric
     if dump_metric is not None:
-        runner.test_evaluator.metrics.append(_import_object(dump_metric)(out_file_path=out))
+        runner.test_evaluator.metrics.append(import_object(dump_metric)(out_file_path=out))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -411,137 +340,11 @@ def lock_work_dir(cfg: Config, *, resume: bool) -> WorkDirLock | contextlib.null
     return lock
 
 
-# ----------------------------------------------------------------------------- CPU
-def use_gloo_backend(cfg: Config) -> list[str]:
-    """Set ``env_cfg.dist_cfg.backend`` to ``gloo`` where it names a GPU-only backend (nccl).
-
-    mmengine's default, when the config has no ``env_cfg``, is nccl too. Returns the changes.
-    """
-    if cfg.get('env_cfg') is None:
-        cfg.env_cfg = dict()
-    if cfg.env_cfg.get('dist_cfg') is None:
-        cfg.env_cfg.dist_cfg = dict()
-    backend = cfg.env_cfg.dist_cfg.get('backend', 'nccl')
-    if backend not in GPU_ONLY_BACKENDS:
-        return []
-    cfg.env_cfg.dist_cfg.backend = 'gloo'
-    return [f'env_cfg.dist_cfg.backend: {backend} -> gloo']
-
-
-def ddp_without_device_ids(cfg: Config) -> list[str]:
-    """Make the runner wrap the model in DDP with ``device_ids=None``, which CPU modules need.
-
-    mmengine's ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` (a CUDA device) to
-    ``MMDistributedDataParallel``, and as a default argument to any DDP subclass named in
-    ``model_wrapper_cfg``; a value in ``model_wrapper_cfg`` takes precedence over it. Without a
-    ``model_wrapper_cfg``, the one written here is mmengine's default wrapper with
-    ``device_ids=None``. Wrappers that are not DDP subclasses are left alone. Returns the changes.
-    """
-    wrapper = cfg.get('model_wrapper_cfg')
-    if wrapper is None:
-        cfg.model_wrapper_cfg = ConfigDict(
-            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-        return ['model_wrapper_cfg: MMDistributedDataParallel with device_ids=None']
-    wrapper_type = wrapper.get('type', 'MMDistributedDataParallel')
-    wrapper_class = MODEL_WRAPPERS.get(wrapper_type) if isinstance(wrapper_type, str) \
-        else wrapper_type
-    is_ddp = isinstance(wrapper_class, type) and issubclass(wrapper_class, DistributedDataParallel)
-    if not is_ddp or ('device_ids' in wrapper and wrapper.device_ids is None):
-        return []
-    wrapper.device_ids = None
-    return [f'model_wrapper_cfg ({wrapper_type}): device_ids=None']
-
-
-def replace_sync_bn(cfg: Config) -> list[str]:
-    """Replace SyncBN / MMSyncBN by BN in ``cfg.model`` and drop ``cfg.sync_bn``.
-
-    SyncBN layers need CUDA to train in a distributed run. Returns the changes, each with the
-    config path of the norm layer (e.g. ``model.decode_head.norm_cfg``).
-    """
-    changes = []
-
-    def visit(node: object, path: str) -> None:
-        if isinstance(node, dict):
-            name = node.get('type')
-            if isinstance(name, str) and name.rsplit('.', 1)[-1] in SYNC_BN_TYPES:
-                node['type'] = 'BN'
-                changes.append(f'{path}: {name} -> BN')
-            for key, value in node.items():
-                visit(value, f'{path}.{key}')
-        elif isinstance(node, (list, tuple)):
-            for index, value in enumerate(node):
-                visit(value, f'{path}[{index}]')
-
-    visit(cfg.get('model'), 'model')
-    if cfg.get('sync_bn') is not None:
-        changes.append(f'sync_bn: {cfg.sync_bn!r} -> None (no BN to SyncBN conversion)')
-        cfg.sync_bn = None
-    return changes
-
-
-def train_in_float32(cfg: Config) -> list[str]:
-    """Replace ``AmpOptimWrapper`` by ``OptimWrapper`` (float32, no loss scale).
-
-    mmengine's ``AmpOptimWrapper`` (float16 autocast with a loss scaler) refuses to be built
-    without CUDA (or an NPU, MLU or MUSA device). Returns the change.
-    """
-    wrapper = cfg.get('optim_wrapper')
-    if not isinstance(wrapper, dict) or wrapper.get('type') != 'AmpOptimWrapper':
-        return []
-    wrapper.type = 'OptimWrapper'
-    for key in ('loss_scale', 'dtype', 'use_fsdp'):
-        wrapper.pop(key, None)
-    return ['optim_wrapper: AmpOptimWrapper -> OptimWrapper (float32: mixed precision with a '
-            'loss scaler needs CUDA)']
-
-
-def adapt_to_cpu(cfg: Config) -> list[str]:
-    """Rewrite ``cfg`` to run without CUDA and log each change; returns them.
-
-    BN for SyncBN, float32 training for ``AmpOptimWrapper``; for a distributed launch
-    (``cfg.launcher`` not 'none') also the gloo backend and DDP without device_ids.
-    """
-    changes = replace_sync_bn(cfg) + train_in_float32(cfg)
-    if cfg.get('launcher', 'none') != 'none':
-        changes += use_gloo_backend(cfg) + ddp_without_device_ids(cfg)
-    for change in changes:
-        _log(f'no CUDA, config changed to run on CPU: {change}', logging.WARNING)
-    return changes
-
-
-def _skip_set_device(device: object) -> None:
-    """Stands in for ``torch.cuda.set_device`` while there is no CUDA device to select."""
-
-
-@contextlib.contextmanager
-def _cuda_set_device_skipped() -> Iterator[None]:
-    """``torch.cuda.set_device`` does nothing inside the block; restored on leaving it."""
-    original = torch.cuda.set_device
-    torch.cuda.set_device = _skip_set_device
-    try:
-        yield
-    finally:
-        torch.cuda.set_device = original
-
-
-def init_distributed_without_cuda(cfg: Config) -> None:
-    """Initialise the process group for ``cfg.launcher`` on a machine without CUDA.
-
-    mmengine's launchers (``init_dist`` for pytorch, slurm and mpi) set the environment, then
-    call ``torch.cuda.set_device(local_rank)``, which raises without a GPU, then
-    ``init_process_group``. Here the same code runs with that one call skipped, after the
-    multiprocessing set-up that the runner's ``setup_env`` does first; the runner then finds the
-    group initialised and keeps it.
-    """
-    env_cfg = cfg.get('env_cfg') or {}
-    set_multi_processing(**env_cfg.get('mp_cfg', {}), distributed=True)
-    with _cuda_set_device_skipped():
-        init_dist(cfg.launcher, **env_cfg.get('dist_cfg', {}))
-
-
+# ----------------------------------------------------------------------------- runner
 def build_runner(cfg: Config, *, toolbox: str) -> Runner:
-    """The runner for ``cfg`` (``runner_type`` from the toolbox's registry); adapted if no CUDA.
+    """The runner for ``cfg`` (``runner_type`` from the toolbox's registry), after the toolbox's
+    ``runner_setup``. The config is used as it is: without CUDA, call
+    :func:`~vheat_mm.mm.cpu_launch.prepare_cpu_launch` first.
 
     The runner reads checkpoints (``load_from``, ``resume``) with ``weights_only=True``: importing
     vheat_mm routed mmengine's checkpoint loading through the safe reader
@@ -549,25 +352,7 @@ def build_runner(cfg: Config, *, toolbox: str) -> Runner:
     """
     runner_setup = TOOLBOX_PROFILES[toolbox].runner_setup
     if runner_setup is not None:
-        _import_object(runner_setup)()
-    if not torch.cuda.is_available():
-        adapt_to_cpu(cfg)
-        if cfg.launcher != 'none' and not is_distributed():
-            init_distributed_without_cuda(cfg)
+        import_object(runner_setup)()
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
-    return importlib.import_module(f'{toolbox}.registry').RUNNERS.build(cfg)
-
-
-def close_distributed() -> None:
-    """Destroy and free the process group once the runner is released (mmengine leaves it open).
-
-    Call it after the runner is gone (e.g. after the function holding it returned). Freeing the
-    group (torch releases the GIL for that) stops its worker threads here rather than during
-    interpreter shutdown, where a gloo worker still releasing the tensors of a finished
-    collective needs the GIL and aborts the process ("terminate called without an active
-    exception", seen after finished CPU runs).
-    """
-    if is_distributed():
-        torch.distributed.destroy_process_group()
-        gc.collect()
+    return registry(toolbox).RUNNERS.build(cfg)
