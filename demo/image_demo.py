@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 import vheat_mm.mm  # noqa: F401  (registers vHeat; the configs import vheat_mm too)
 from vheat_mm.checkpoint import CheckpointError
@@ -49,8 +50,11 @@ def infer(image: str, config: str, *, weights: str | None, out_dir: str, device:
     """Run the toolbox's inferencer; returns its result (the picture is in ``out_dir/vis``)."""
     scope = Config.fromfile(config).get('default_scope')
     if scope in TOOLBOX_PROFILES:
-        return TOOLBOX_PROFILES[scope].infer_image(config, image, weights=weights,
-                                                   out_dir=out_dir, device=device)
+        # built in the config's scope whatever scope is current (mmpretrain's inferencer builds
+        # its transforms in the current one)
+        with DefaultScope.overwrite_default_scope(scope):
+            return TOOLBOX_PROFILES[scope].infer_image(config, image, weights=weights,
+                                                       out_dir=out_dir, device=device)
     raise SystemExit(f'error: {config} has default_scope={scope!r}; image_demo serves '
                      f'{", ".join(TOOLBOXES)}')
 

@@ -26,11 +26,17 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize('current_scope', [None, 'other'], ids=['no scope', 'another scope'])
 @pytest.mark.parametrize('config', list(CASES))
-def test_image_demo_draws_with_the_toolbox_inferencer(config, tmp_path):
+def test_image_demo_draws_with_the_toolbox_inferencer(config, current_scope, tmp_path):
+    """Also where another toolbox's scope is mmengine's current one (left by earlier work)."""
+    from mmengine.registry import DefaultScope
     demo = load_script(ROOT / 'demo/image_demo.py')
     photo, keys = CASES[config]
     image = demo.resolve_image(f'skimage:{photo}', tmp_path)
+    if current_scope == 'other':
+        other = 'mmdet' if 'classification' in config else 'mmpretrain'
+        DefaultScope.get_instance(f'left_by_{other}', scope_name=other)
     result = demo.infer(image, str(ROOT / config), weights=None, out_dir=str(tmp_path / 'out'),
                         device='cpu')
     assert keys <= set(result)
