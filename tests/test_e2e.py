@@ -3,17 +3,20 @@
 ``tools/train.py`` and ``tools/test.py`` for the three toolboxes (Mask R-CNN with CocoMetric and
 ``--resume``, UperNet with and without ``--tta``, an mmpretrain classifier),
 ``tools/dist_train.sh`` with two processes, and ``interpolate4downstream.py`` feeding the
-backbone's ``init_cfg``. Each config is a child of a shipped paper config (inherited by absolute
-path) that only makes it tiny: 64x64 images, a few iterations, no pretrained download.
+backbone's ``init_cfg``. Each config is a child of a shipped config (inherited by absolute path)
+that only makes it tiny: a few iterations on a few small images, no pretrained download. Mask
+R-CNN's is the demo's (``configs/demo``), pointed at its data as ``tools/shapes_demo.py`` does.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -25,8 +28,17 @@ from helpers import (CONFIGS, DAMAGED_FILES, ROOT, free_port, load_script, pytho
 
 pytestmark = pytest.mark.e2e
 
-shapes = synthetic_shapes()
-shapes_demo = load_script(ROOT / 'tools/shapes_demo.py')  # its reader of mmengine's scalars
+
+@functools.cache
+def shapes_demo() -> ModuleType:
+    """``tools/shapes_demo.py`` (its data options, reader of mmengine's scalars and image size),
+    loaded when a test first needs it."""
+    return load_script(ROOT / 'tools/shapes_demo.py')
+
+
+@pytest.fixture(scope='module')
+def shapes() -> ModuleType:
+    return synthetic_shapes()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -40,7 +52,7 @@ def read_scalars(run_dir: Path) -> list[dict]:
     """The records of ``run_dir/vis_data/scalars.json``, read as tools/shapes_demo.py reads them."""
     path = run_dir / 'vis_data' / 'scalars.json'
     assert path.is_file(), f'no {path}; {run_dir} holds {sorted(os.listdir(run_dir))}'
-    return shapes_demo.read_scalars(run_dir)
+    return shapes_demo().read_scalars(run_dir)
 
 
 def train_records(run_dir: Path) -> list[dict]:
@@ -73,63 +85,36 @@ def dumped_config(work_dir: Path, config: Path) -> Config:
 # ----------------------------------------------------------------------------- Mask R-CNN
 MASK_RCNN = '''\
 _base_ = '{base}'
-data_root = '{data}/'
-metainfo = dict(classes={classes})
-# fewer proposals and RoIs than for 1333x800 COCO images: the mask head's cost is per RoI
+# fewer proposals and RoIs than the demo: the mask head's cost is per RoI
 model = dict(
-    backbone=dict(img_size=64, drop_path_rate=0.0, init_cfg=None),
-    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
-                   rcnn=dict(sampler=dict(num=32))),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100)),
     test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100), rcnn=dict(max_per_img=10)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(64, 64), keep_ratio=True),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(64, 64), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
-                 ann_file='annotations/instances_train.json', data_prefix=dict(img='train/')))
-val_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
-                 ann_file='annotations/instances_val.json', data_prefix=dict(img='val/')))
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False)
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False)
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
-                     metric=['bbox', 'segm'])
-test_evaluator = val_evaluator
-# no validation while training (the iteration loop validates at its last iteration otherwise)
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_begin=1000,
-                 val_interval=1000)
+train_cfg = dict(max_iters=2, val_begin=1000, val_interval=1000)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=2))
-log_processor = dict(by_epoch=False)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=-1))
 '''
 MASK_RCNN_LOSSES = ('loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask')
 
 
 @pytest.fixture(scope='module')
-def mask_rcnn(tmp_path_factory):
-    """Shapes data in COCO format, the tiny Mask R-CNN config, trained for 2 iterations."""
+def mask_rcnn(tmp_path_factory, shapes):
+    """Shapes data in COCO format at the demo's size, the demo config made tiny, trained for 2
+    iterations. ``options`` points the config at the data (``--cfg-options``, as the demo)."""
     tmp = tmp_path_factory.mktemp('mask_rcnn')
-    data = shapes.make_shapes_coco(tmp / 'shapes', num_train=8, num_val=4, size=(64, 64))
+    data = shapes.make_shapes_coco(tmp / 'shapes', num_train=8, num_val=4,
+                                   size=shapes_demo().IMAGE_SIZE)
     config = write_config(tmp / 'mask-rcnn_tiny_shapes.py', MASK_RCNN.format(
-        base=CONFIGS / 'mask_rcnn/mask-rcnn_vheat-t_fpn_1x_coco.py', data=data,
-        classes=shapes.SHAPE_CLASSES))
+        base=CONFIGS / 'demo/mask-rcnn_vheat-t_fpn_shapes.py'))
+    options = shapes_demo().data_options(data)
     work_dir = tmp / 'train'
-    python_tool('tools/train.py', config, '--work-dir', work_dir)
+    python_tool('tools/train.py', config, '--work-dir', work_dir, '--cfg-options', *options)
     (run,) = run_dirs(work_dir)
     # read now: the resume test adds to this work dir
-    yield dict(config=config, work_dir=work_dir, tmp=tmp, records=train_records(run),
+    yield dict(config=config, options=options, work_dir=work_dir, tmp=tmp,
+               records=train_records(run),
                last_checkpoint=(work_dir / 'last_checkpoint').read_text().strip())
     remove_checkpoints(tmp)
 
@@ -140,7 +125,8 @@ def test_mask_rcnn_trains_and_tests_with_coco_metric(mask_rcnn):
     assert checkpoint.is_file() and Path(mask_rcnn['last_checkpoint']) == checkpoint
 
     test_dir = mask_rcnn['tmp'] / 'test'
-    done = python_tool('tools/test.py', mask_rcnn['config'], checkpoint, '--work-dir', test_dir)
+    done = python_tool('tools/test.py', mask_rcnn['config'], checkpoint, '--work-dir', test_dir,
+                       '--cfg-options', *mask_rcnn['options'])
     assert f'Load checkpoint from {checkpoint}' in done.stdout
     metrics = read_test_metrics(test_dir)
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
@@ -157,7 +143,8 @@ def test_mmdet_own_test_py_refuses_a_damaged_checkpoint_in_one_line(mask_rcnn, k
     path = tmp_path / f'{kind}.pth'
     write_damaged_checkpoint(path, kind, {'state_dict': {'weight': torch.randn(4096)}})
     done = run_tool(sys.executable, Path(mmdet.__file__).parent / '.mim/tools/test.py',
-                    mask_rcnn['config'], path, '--work-dir', tmp_path / 'test', returncode=1)
+                    mask_rcnn['config'], path, '--work-dir', tmp_path / 'test',
+                    '--cfg-options', *mask_rcnn['options'], returncode=1)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f'vheat_mm.checkpoint.errors.CheckpointError: cannot read checkpoint '
                            f'{path}: ')
@@ -168,7 +155,7 @@ def test_resume_continues_from_the_saved_iteration(mask_rcnn):
     work_dir = mask_rcnn['work_dir']
     before = run_dirs(work_dir)
     done = python_tool('tools/train.py', mask_rcnn['config'], '--work-dir', work_dir, '--resume',
-                       '--cfg-options', 'train_cfg.max_iters=4')
+                       '--cfg-options', *mask_rcnn['options'], 'train_cfg.max_iters=4')
     assert f'Auto resumed from the latest checkpoint {work_dir / "iter_2.pth"}' in done.stdout
     assert 'resumed epoch: 0, iter: 2' in done.stdout
     iterations = re.findall(r'Iter\(train\) \[\s*(\d+)/(\d+)\]', done.stdout)
@@ -232,7 +219,7 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, in
 
 
 @pytest.fixture(scope='module')
-def upernet(tmp_path_factory):
+def upernet(tmp_path_factory, shapes):
     """Shapes data in the ADE20K layout, the tiny UperNet config, trained for 2 iterations."""
     from mmseg.datasets import ADE20KDataset
 
@@ -307,7 +294,7 @@ default_hooks = dict(logger=dict(interval=1))
 
 
 @pytest.fixture(scope='module')
-def classifier(tmp_path_factory):
+def classifier(tmp_path_factory, shapes):
     """Shapes data in the ImageNet layout (4 + 2 images per class), the tiny classifier config."""
     tmp = tmp_path_factory.mktemp('classifier')
     data = shapes.make_shapes_imagenet(tmp / 'imagenet', num_train=4, num_val=2, size=(64, 64))
