@@ -17,7 +17,7 @@ from helpers import (DAMAGED_FILES, DATA, MINI, ROOT, load_script, mini_arch,
 from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.mm.toolbox import registry as toolbox_registry
-from vheat_mm.models import VHeat
+from vheat_mm.models import ARCH_SETTINGS, VHeat
 
 
 NAMES = [('mmpretrain', 'vHeat'), ('mmdet', 'vHeat'), ('mmseg', 'vHeat'),
@@ -145,7 +145,7 @@ def test_unknown_keyword_lists_every_allowed_keyword(toolbox, name):
 
 @pytest.mark.parametrize('toolbox', ['mmpretrain', 'mmdet', 'mmseg'])
 @pytest.mark.parametrize('arch, message', [
-    ('huge', "unknown vHeat arch 'huge'; choose one of ['base', 'small', 'tiny'] (or their "
+    ('huge', f"unknown vHeat arch 'huge'; choose one of {sorted(ARCH_SETTINGS)} (or their "
              "initials), or pass a dict with keys ['depths', 'dims', 'layer_scale', "
              "'mlp_ratio', 'post_norm']"),
     (dict(depth=(1, 1, 1, 1), dims=8), "arch dict: unknown keys ['depth'], missing keys "
