@@ -5,11 +5,11 @@
 The config's ``default_scope`` picks the inferencer (its toolbox profile's ``infer_image``):
 mmdet's ``DetInferencer`` (boxes and masks), mmseg's ``MMSegInferencer`` (a segmentation
 overlay) or mmpretrain's ``ImageClassificationInferencer`` (the top classes written on the
-image). Each draws with its
-toolbox's visualizer; the picture goes to ``DIR/vis/``, and the result is printed. IMAGE is a
-file, or ``skimage:NAME`` for one of the photographs scikit-image bundles (``astronaut``,
-``chelsea``, ``coffee``, ``rocket``, ...). Without ``--weights`` the model is randomly
-initialised (nothing is downloaded): the picture then shows the pipeline, not a prediction.
+image). Each draws with its toolbox's visualizer; the picture goes to ``DIR/vis/``, and the
+result is printed. IMAGE is a file, or ``skimage:NAME`` for one of the photographs
+scikit-image bundles (``astronaut``, ``chelsea``, ``coffee``, ``rocket``, ...). Without
+``--weights`` the model is randomly initialised (nothing is downloaded): the picture then
+shows the pipeline, not a prediction.
 """
 from __future__ import annotations
 
