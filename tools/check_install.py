@@ -16,7 +16,7 @@ import torch
 
 import vheat_mm.mm
 from vheat_mm import VHeat
-from vheat_mm.mm.toolbox import TOOLBOX_PROFILES, registry
+from vheat_mm.mm.toolbox import TOOLBOX_PROFILES, is_installed, registry
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -90,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {problem}', file=sys.stderr)
         return 1
     image = synthetic_image(*args.size)
-    print(f'vheat_mm {vheat_mm.__version__}: registered into {", ".join(vheat_mm.mm.REGISTERED_INTO)}')
+    registered = '; '.join(f'{name}: {", ".join(names)}'
+                           for name, names in vheat_mm.mm.REGISTERED.items())
+    print(f"vheat_mm {vheat_mm.__version__}: in mmengine's root registries ({registered})")
     print(f'input image {tuple(image.shape)}')
 
     official_tiny = dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, img_size=512)
     for toolbox, profile in TOOLBOX_PROFILES.items():
-        if toolbox not in vheat_mm.mm.REGISTERED_INTO:
+        if not is_installed(toolbox):
             print(f'{toolbox}: not installed, skipped')
             continue
         builds = [('vHeat', dict(arch='tiny', img_size=512))]

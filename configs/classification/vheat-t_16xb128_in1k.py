@@ -8,6 +8,8 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
+# mmengine's Runner, reading checkpoints (load_from, --resume) through vheat_mm's safe reader
+runner_type = 'VHeatRunner'
 
 model = dict(
     type='ImageClassifier',

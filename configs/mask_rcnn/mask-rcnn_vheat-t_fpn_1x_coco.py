@@ -2,6 +2,8 @@
 # (img_size 512, AdamW lr 1e-4, weight decay 0.05 without decay on norms, 8 GPUs x 2 images).
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
+# mmengine's Runner, reading checkpoints (load_from, --resume) through vheat_mm's safe reader
+runner_type = 'VHeatRunner'
 
 # ImageNet-1k vHeat-T of the official release. Its freq_embed (224) is zero-padded to img_size on
 # load (freq_embed_fit='pad'): the tensors interpolate4downstream.py writes, where the paper's runs

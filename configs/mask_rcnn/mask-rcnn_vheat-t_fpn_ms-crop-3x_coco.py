@@ -2,6 +2,8 @@
 # (mmdet's Swin 3x recipe: milestones 27 and 33), as the official vHeat 3x config.
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
+# mmengine's Runner, reading checkpoints (load_from, --resume) through vheat_mm's safe reader
+runner_type = 'VHeatRunner'
 
 pretrained = 'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/vHeat_tiny.pth'
 model = dict(

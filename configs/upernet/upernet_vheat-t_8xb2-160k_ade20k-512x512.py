@@ -2,6 +2,8 @@
 # official vHeat segmentation settings on mmseg's Swin recipe (AdamW lr 6e-5, poly schedule).
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
+# mmengine's Runner, reading checkpoints (load_from, --resume) through vheat_mm's safe reader
+runner_type = 'VHeatRunner'
 
 crop_size = (512, 512)
 pretrained = 'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/vHeat_tiny.pth'

@@ -60,11 +60,16 @@ _FREQ_EMBED_PATTERNS = {entry: layout.freq_embed for layout in LAYOUTS.values()
                         if layout.freq_embed for entry in layout.entries}
 
 
+# torch's key suffix for what a module's get_extra_state returns (any value, a dict included)
+EXTRA_STATE_SUFFIX = '_extra_state'
+
+
 def is_state_dict(checkpoint: Mapping) -> bool:
-    """Whether ``checkpoint`` is itself a state dict: a mapping of tensors (and of the other
-    values a module's extra state may hold), without a nested mapping."""
+    """Whether ``checkpoint`` is itself a state dict: a mapping of tensors (and of the values a
+    module's extra state holds), without a nested mapping other than an extra state."""
     return any(isinstance(v, Tensor) for v in checkpoint.values()) \
-        and not any(isinstance(v, Mapping) for v in checkpoint.values())
+        and not any(isinstance(v, Mapping) and not str(k).endswith(EXTRA_STATE_SUFFIX)
+                    for k, v in checkpoint.items())
 
 
 def find_layout(checkpoint: Mapping, entry: str | None = None) -> tuple[str, str | None]:

@@ -8,13 +8,13 @@ The toolbox is the config's ``default_scope``. Each step follows that toolbox's 
 :class:`~vheat_mm.mm.toolbox.ToolboxProfile`. Running without CUDA is
 :mod:`vheat_mm.mm.cpu_launch`, which the tools call before :func:`build_runner`.
 
-On any machine, mmengine reads checkpoints with ``weights_only=True`` (``import vheat_mm`` sets
-:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`), and ``tools/train.py`` saves them
-with :class:`~vheat_mm.mm.checkpoint_hook.AtomicCheckpointHook` (:func:`use_atomic_checkpoints`),
-so that a run killed at any point resumes from a complete checkpoint. ``tools/train.py`` holds
-its work_dir's lock while it runs (:func:`lock_work_dir`), so that a second run there refuses to
-start, and checks ``last_checkpoint`` before ``--resume`` reads it
-(:func:`check_last_checkpoint`).
+The runner is :class:`~vheat_mm.mm.runner.VHeatRunner` unless the config names another
+(:func:`build_runner`): it reads checkpoints through vheat_mm's safe reader on any machine, and
+``tools/train.py`` saves them with :class:`~vheat_mm.mm.checkpoint_hook.AtomicCheckpointHook`
+(:func:`use_atomic_checkpoints`), so that a run killed at any point resumes from a complete
+checkpoint. ``tools/train.py`` holds its work_dir's lock while it runs (:func:`lock_work_dir`),
+so that a second run there refuses to start, and checks ``last_checkpoint`` before ``--resume``
+reads it (:func:`check_last_checkpoint`).
 """
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # where each launcher puts a process's global rank before the process group exists (what
 # mmengine's init_dist reads)
 RANK_VARIABLES = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}
+
+
+# the runner of a config that names none
+DEFAULT_RUNNER = 'VHeatRunner'
 
 
 class ToolConfigError(ValueError):
@@ -155,16 +159,12 @@ def enable_auto_scale_lr(cfg: Config) -> None:
 
 def set_resume(cfg: Config, *, resume: str | None) -> None:
     """``resume='auto'``: the latest checkpoint in work_dir; a path: that checkpoint; None: no.
-
-    Resuming adds ``RequireRunnerCheckpointHook``, which refuses a checkpoint that mmengine's
-    runner did not write (an official vHeat file) in one line.
+    (``VHeatRunner`` refuses, in one line, a checkpoint that mmengine's runner did not write.)
     """
     if resume is None:
         return
     cfg.resume = True
     cfg.load_from = None if resume == 'auto' else resume
-    cfg.custom_hooks = [*(cfg.get('custom_hooks') or []),
-                        dict(type='RequireRunnerCheckpointHook')]
 
 
 def set_dataloader_defaults(cfg: Config, *, toolbox: str, fields: Sequence[str],
@@ -342,17 +342,14 @@ def lock_work_dir(cfg: Config, *, resume: bool) -> WorkDirLock | contextlib.null
 
 # ----------------------------------------------------------------------------- runner
 def build_runner(cfg: Config, *, toolbox: str) -> Runner:
-    """The runner for ``cfg`` (``runner_type`` from the toolbox's registry), after the toolbox's
-    ``runner_setup``. The config is used as it is: without CUDA, call
+    """The runner for ``cfg``, after the toolbox's ``runner_setup``: its ``runner_type`` from the
+    toolbox's registry, :class:`~vheat_mm.mm.runner.VHeatRunner` where it names none (so that
+    ``load_from`` and ``--resume`` are read by the safe reader, and official vHeat layouts load).
+    The config is used as it is: without CUDA, call
     :func:`~vheat_mm.mm.cpu_launch.prepare_cpu_launch` first.
-
-    The runner reads checkpoints (``load_from``, ``resume``) with ``weights_only=True``: importing
-    vheat_mm routed mmengine's checkpoint loading through the safe reader
-    (:func:`~vheat_mm.mm.safe_load.use_weights_only_loading`).
     """
     runner_setup = TOOLBOX_PROFILES[toolbox].runner_setup
     if runner_setup is not None:
         import_object(runner_setup)()
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
+    cfg.setdefault('runner_type', DEFAULT_RUNNER)
     return registry(toolbox).RUNNERS.build(cfg)

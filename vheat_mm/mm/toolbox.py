@@ -9,12 +9,14 @@ dotted path (``module.name``) are imported when used.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 __all__ = ['OfficialBackbone', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES',
            'import_object', 'is_installed', 'registry']
@@ -45,7 +47,8 @@ class ToolboxProfile:
     # get_flops.py: the default input (H, W), as the toolbox's own get_flops.py
     flops_shape: tuple[int, int]
     # demo/image_demo.py: runs the toolbox's inferencer, ``infer_image(config, image, *,
-    # weights, out_dir, device)``, drawing the picture under ``out_dir/vis``; returns its result
+    # weights, out_dir, device)``, drawing the picture under ``out_dir/vis``; returns its result.
+    # The weights are read as VHeatRunner reads them, not by the inferencer
     infer_image: Callable[..., dict]
     # the flip TTA's last transform (None: the test pipeline's own), and whether the test
     # pipeline is read from the innermost of nested dataset wrappers
@@ -67,11 +70,34 @@ class ToolboxProfile:
     official: OfficialBackbone | None = None
 
 
+def _weights_into(model, weights: str | None) -> dict:
+    """Load ``weights`` into an inferencer's ``model`` as :class:`~.runner.VHeatRunner` reads
+    them (the safe reader, official layouts converted, the fit reported); returns the
+    checkpoint's ``dataset_meta`` (empty without weights or without one)."""
+    if weights is None:
+        return {}
+    from .runner import load_checkpoint
+    checkpoint = load_checkpoint(model, weights)
+    return dict((checkpoint.get('meta') or {}).get('dataset_meta') or {})
+
+
+@contextlib.contextmanager
+def _random_weights_unmentioned(weights: str | None) -> Iterator[None]:
+    """The inferencers are built without weights (they are loaded after, by
+    :func:`_weights_into`): their warnings about random weights would be false."""
+    with warnings.catch_warnings():
+        if weights is not None:
+            warnings.filterwarnings('ignore', message='.*(randomly initialized|weights is None)')
+        yield
+
+
 def _infer_classes(config: str, image: str, *, weights: str | None, out_dir: str,
                    device: str) -> dict:
     from mmpretrain.apis import ImageClassificationInferencer
-    inferencer = ImageClassificationInferencer(model=config, pretrained=weights or False,
-                                               device=device)
+    inferencer = ImageClassificationInferencer(model=config, pretrained=False, device=device)
+    meta = _weights_into(inferencer.model, weights)
+    if meta.get('classes') is not None:
+        inferencer.classes = meta['classes']
     (Path(out_dir) / 'vis').mkdir(parents=True, exist_ok=True)
     return inferencer(image, show_dir=str(Path(out_dir) / 'vis'))[0]
 
@@ -79,14 +105,25 @@ def _infer_classes(config: str, image: str, *, weights: str | None, out_dir: str
 def _infer_detections(config: str, image: str, *, weights: str | None, out_dir: str,
                       device: str) -> dict:
     from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(model=config, weights=weights, device=device, show_progress=False)
+    with _random_weights_unmentioned(weights):
+        inferencer = DetInferencer(model=config, weights=None, device=device,
+                                   show_progress=False)
+    meta = _weights_into(inferencer.model, weights)
+    if meta:  # mmdet keeps its keys lower-case; the visualizer shares the model's dict
+        inferencer.model.dataset_meta.update({k.lower(): v for k, v in meta.items()})
     return inferencer(image, out_dir=out_dir, no_save_pred=False)
 
 
 def _infer_segmentation(config: str, image: str, *, weights: str | None, out_dir: str,
                         device: str) -> dict:
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(model=config, weights=weights, device=device)
+    with _random_weights_unmentioned(weights):
+        inferencer = MMSegInferencer(model=config, weights=None, device=device)
+    meta = _weights_into(inferencer.model, weights)
+    if meta.get('classes') is not None:
+        inferencer.model.dataset_meta = {'classes': meta['classes'],
+                                         'palette': meta.get('palette')}
+        inferencer.visualizer.set_dataset_meta(meta['classes'], meta.get('palette'))
     return inferencer(image, out_dir=out_dir)
 
 
