@@ -5,7 +5,7 @@ import logging
 import pytest
 import timm
 import torch
-from mmengine.runner import load_checkpoint
+from vheat_mm.mm.runner import load_checkpoint  # the reading VHeatRunner does
 
 from helpers import MINI, python_tool
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, strict_loading

@@ -14,7 +14,7 @@ import vheat_mm
 import vheat_mm.mm
 from helpers import (DAMAGED_FILES, DATA, MINI, ROOT, load_script, mini_arch,
                      write_crafted_checkpoint, write_damaged_checkpoint)
-from vheat_mm.checkpoint import CheckpointError
+from vheat_mm.checkpoint import CheckpointError, read_checkpoint
 from vheat_mm.mm.backbone import VHeatBackbone
 from vheat_mm.mm.toolbox import registry as toolbox_registry
 from vheat_mm.models import ARCH_SETTINGS, VHeat
@@ -45,8 +45,13 @@ def smooth_input(h, w):
     return torch.stack(chans)[None].float()
 
 
-def test_import_registers_into_every_toolbox():
-    assert vheat_mm.mm.REGISTERED_INTO == ('mmpretrain', 'mmdet', 'mmseg')
+def test_import_registers_into_mmengines_root_registries():
+    assert vheat_mm.mm.REGISTERED == {'model': ('vHeat', 'MMDET_VHEAT', 'MMSEG_VHEAT'),
+                                      'runner': ('VHeatRunner',),
+                                      'hook': ('AtomicCheckpointHook', 'RawAndEMAHook')}
+    for toolbox in ('mmpretrain', 'mmdet', 'mmseg'):  # found through their parent registries
+        assert registry(toolbox).get('vHeat') is VHeatBackbone
+        assert 'vHeat' not in registry(toolbox)._module_dict
 
 
 @pytest.mark.parametrize('toolbox,name', NAMES)
@@ -252,15 +257,20 @@ def test_init_cfg_refuses_a_pickled_payload_without_running_it(tmp_path, toolbox
     assert not marker.exists()
 
 
-def test_mmengine_checkpoint_types_are_allowlisted_not_unsafe(tmp_path):
-    """torch.load keeps weights_only=True: mmengine's types load, anything else is refused."""
+def test_mmengine_checkpoint_types_are_read_and_torchs_allowlist_is_left_alone(tmp_path):
+    """vheat_mm's reader takes mmengine's runner types; torch.load's own weights_only reading
+    is as without vheat_mm (torch >= 2.6 refuses them), and anything else is refused."""
     path = tmp_path / 'runner.pth'
     torch.save(mmengine_checkpoint({'w': torch.ones(2)}), path)
-    loaded = torch.load(path, weights_only=True)
+    loaded = read_checkpoint(path)
     assert loaded['message_hub']['log_scalars']['train/loss'].current() == 0.5
+    if hasattr(torch.serialization, 'get_safe_globals'):
+        assert HistoryBuffer not in torch.serialization.get_safe_globals()
+        with pytest.raises(Exception, match='weights_only|Unsupported global'):
+            torch.load(path, weights_only=True)
     torch.save({'bad': Path('/tmp')}, tmp_path / 'bad.pth')
-    with pytest.raises(Exception, match='weights_only|Unsupported global'):
-        torch.load(tmp_path / 'bad.pth', weights_only=True)
+    with pytest.raises(CheckpointError, match='pathlib'):
+        read_checkpoint(tmp_path / 'bad.pth')
 
 
 class _GetattrPayload:
@@ -268,11 +278,11 @@ class _GetattrPayload:
         return (getattr, (HistoryBuffer, '__init__'))
 
 
-def test_allowlisted_getattr_only_reaches_history_buffer_methods(tmp_path):
+def test_getattr_only_reaches_history_buffer_methods(tmp_path):
     path = tmp_path / 'getattr.pth'
     torch.save({'x': _GetattrPayload()}, path)
-    with pytest.raises(Exception, match='only public HistoryBuffer methods are allowed'):
-        torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError, match='only public HistoryBuffer methods are allowed'):
+        read_checkpoint(path)
 
 
 def test_backbone_initialises_inside_a_detector(tmp_path):
@@ -300,9 +310,10 @@ def test_a_name_taken_by_another_package_is_left_with_a_warning(monkeypatch):
     class Other(torch.nn.Module):
         pass
 
-    monkeypatch.setitem(registry('mmdet')._module_dict, 'MMDET_VHEAT', Other)
-    with pytest.warns(UserWarning, match="mmdet already has a model named 'MMDET_VHEAT'"):
-        assert vheat_mm.register_all() == ('mmpretrain', 'mmdet', 'mmseg')
+    from mmengine.registry import MODELS
+    monkeypatch.setitem(MODELS._module_dict, 'MMDET_VHEAT', Other)
+    with pytest.warns(UserWarning, match="registry already has 'MMDET_VHEAT'"):
+        assert vheat_mm.mm.register()['model'] == ('vHeat', 'MMSEG_VHEAT')
     assert registry('mmdet').get('MMDET_VHEAT') is Other
 
 

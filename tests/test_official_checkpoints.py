@@ -18,13 +18,14 @@ import pytest
 import timm
 import torch
 from mmengine.registry import DefaultScope
-from mmengine.runner import load_checkpoint
+from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 from mmpretrain.registry import MODELS as CLASSIFIERS
 
 from helpers import CONFIGS, DATA, ROOT, load_script, mini_arch
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
 from vheat_mm.mm import cpu_launch, tool_config
 from vheat_mm.mm.backbone import VHeatBackbone
+from vheat_mm.mm.runner import load_checkpoint
 from vheat_mm.models import VHeat
 import vheat_mm.timm_models  # noqa: F401  registers vheat_tiny/small/base with timm
 
@@ -176,11 +177,11 @@ def test_converter_to_mmpretrain(training_checkpoint, tmp_path):
     dst = tmp_path / 'mmpretrain.pth'
     assert converter.main([str(training_checkpoint), str(dst)]) == 0
     classifier = mmpretrain_classifier()
-    load_checkpoint(classifier, str(dst), strict=True)
+    mmengine_load_checkpoint(classifier, str(dst), strict=True)  # no vheat_mm needed to load it
     assert_official_logits(official_logits(classifier, 'tensor'))
 
 
-def test_mmengine_load_checkpoint_and_init_cfg(training_checkpoint, caplog):
+def test_vheat_runners_load_checkpoint_and_init_cfg(training_checkpoint, caplog):
     classifier = mmpretrain_classifier()
     with caplog.at_level(logging.INFO, logger='vheat_mm'):
         load_checkpoint(classifier, str(training_checkpoint))
@@ -189,11 +190,7 @@ def test_mmengine_load_checkpoint_and_init_cfg(training_checkpoint, caplog):
     assert "official vHeat keys loaded as the model's" in caplog.text
     assert 'fits the model badly' not in caplog.text
 
-    # mmengine's Pretrained init at the classifier, and vheat_mm's at the backbone
-    classifier = mmpretrain_classifier(init_cfg=dict(type='Pretrained',
-                                                     checkpoint=str(training_checkpoint)))
-    classifier.init_weights()
-    assert_official_logits(official_logits(classifier, 'tensor'))
+    # the backbone's init_cfg
     backbone = VHeatBackbone(mini_arch(CONFIG), img_size=CONFIG['img_size'], init_cfg=dict(
         type='Pretrained', checkpoint=str(training_checkpoint)))
     backbone.init_weights()
@@ -268,14 +265,19 @@ def test_an_unknown_layout_is_an_error_on_mmengine_paths(tmp_path):
         load_checkpoint(mmpretrain_classifier(), str(path))
 
 
-def test_the_classification_inferencer_takes_the_file_as_pretrained(training_checkpoint):
+def test_the_classification_inferencer_takes_the_converted_file(training_checkpoint, tmp_path):
+    """The inferencers load with mmengine's own loading: an official file is converted first
+    (demo/image_demo.py reads it as it is, through VHeatRunner's reading)."""
     from mmengine.config import Config
     from mmpretrain.apis import ImageClassificationInferencer
 
+    converter = load_script(ROOT / 'tools/model_converters/vheat_to_mmpretrain.py')
+    converted = tmp_path / 'mmpretrain.pth'
+    assert converter.main([str(training_checkpoint), str(converted)]) == 0
     cfg = Config.fromfile(str(CONFIGS / 'classification/vheat-t_16xb128_in1k.py'))
     cfg.model.backbone.update(arch=mini_arch(CONFIG), img_size=CONFIG['img_size'])
     cfg.model.head.update(num_classes=CONFIG['num_classes'], in_channels=DIMS[-1])
     with DefaultScope.overwrite_default_scope('mmpretrain'):  # earlier tests ran mmdet's
-        inferencer = ImageClassificationInferencer(model=cfg, pretrained=str(training_checkpoint),
+        inferencer = ImageClassificationInferencer(model=cfg, pretrained=str(converted),
                                                    device='cpu')
     assert_official_logits(official_logits(inferencer.model, 'tensor'))

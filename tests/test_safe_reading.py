@@ -1,10 +1,12 @@
-"""Every checkpoint address mmengine knows is read through the safe reader.
+"""Every checkpoint address mmengine knows is read through the safe reader on the project's paths.
 
 A crafted pickle (one that creates a file when loaded without weights_only) behind each prefix
 of mmengine 0.10 (files in torch hub's cache for the names of its tables, a local HTTP(S)
-server, stand-ins for the pavi and petrel packages) never runs, and the error is one line
-naming the file; nor through image_demo's ``--weights``, ``load_from``, ``init_cfg`` and
-``--resume``. A prefix registered later is refused.
+server, stand-ins for the pavi and petrel packages) never runs through
+:func:`~vheat_mm.mm.addresses.read_address`, and the error is one line naming the file; nor
+through image_demo's ``--weights``, ``VHeatRunner``'s ``load_from`` and ``--resume``, and the
+backbone's ``init_cfg``. A prefix another package registers with mmengine is refused on those
+paths and left to work on mmengine's own.
 """
 import json
 import os
@@ -25,6 +27,7 @@ from helpers import (CONFIGS, MINI, CountingServer, mini_arch, one_line_message,
                      write_crafted_checkpoint)
 from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm import cpu_launch, tool_config
+from vheat_mm.mm.addresses import read_address
 from vheat_mm.models import VHeat
 
 
@@ -155,7 +158,7 @@ def test_every_address_reads_through_the_safe_reader(case, tmp_path, homes, monk
     with CountingServer(tmp_path / 'remote') as server:
         path, address = place(case, tmp_path, hub, home, monkeypatch, server.url, https)
         torch.save({'state_dict': {f'backbone.{k}': v for k, v in state.items()}}, path)
-        loaded = CheckpointLoader.load_checkpoint(address)
+        loaded = read_address(address)
         key = 'layers.0.0.op.linear.weight' if case == 'mmcls://' \
             else 'backbone.layers.0.0.op.linear.weight'
         torch.testing.assert_close(loaded['state_dict'][key], state['layers.0.0.op.linear.weight'])
@@ -165,7 +168,7 @@ def test_every_address_reads_through_the_safe_reader(case, tmp_path, homes, monk
         marker = write_crafted_checkpoint(path, {'state_dict': state})
         monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
         with pytest.raises(CheckpointError) as error:
-            CheckpointLoader.load_checkpoint(address)
+            read_address(address)
     one_line_message(error, path.name)
     assert not marker.exists()
 
@@ -177,30 +180,39 @@ def test_a_name_cached_by_torch_hub_is_read_from_there(homes, state):
     path = in_hub(get_torchvision_models()['resnet50'], hub)
     marker = write_crafted_checkpoint(path, {'state_dict': state})
     with pytest.raises(CheckpointError) as error:
-        load_checkpoint(torch.nn.Linear(2, 2), 'torchvision://resnet50')
+        read_address('torchvision://resnet50')
     message = one_line_message(error)
     assert message.startswith(f'refusing to load {path} (torchvision://resnet50): its pickle '
                               f'asks for ')
     assert not marker.exists()
 
 
-def test_a_prefix_registered_later_is_refused(tmp_path, homes, monkeypatch, state):
-    path = tmp_path / 'crafted.pth'
-    marker = write_crafted_checkpoint(path, {'state_dict': state})
+def test_a_prefix_registered_later_works_in_mmengine_and_is_refused_by_vheat_mm(
+        tmp_path, homes, monkeypatch, state):
+    """mmengine's own loading uses what another package registers, as without vheat_mm; the
+    project's reader refuses a prefix it does not know and keeps reading torchvision:// itself."""
+    path = tmp_path / 'plain.pth'
+    torch.save({'state_dict': {'weight': torch.ones(2, 2), 'bias': torch.zeros(2)}}, path)
+    crafted = in_hub(get_torchvision_models()['resnet50'], homes[0])
+    marker = write_crafted_checkpoint(crafted, {'state_dict': state})
 
-    def unsafe_loader(filename, map_location=None):
-        return torch.load(path, weights_only=False)
+    def other_loader(filename, map_location=None):
+        return torch.load(path, weights_only=True)
 
     monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
-    CheckpointLoader.register_scheme('vheattest://', loader=unsafe_loader)
-    CheckpointLoader.register_scheme('torchvision://', loader=unsafe_loader, force=True)
-    for address, prefix in (('vheattest://x', 'vheattest://'),
-                            ('torchvision://resnet50', 'torchvision://')):
-        with pytest.raises(CheckpointError) as error:
-            load_checkpoint(torch.nn.Linear(2, 2), address)
-        assert one_line_message(error, 'unsafe_loader').startswith(
-            f"refusing to load '{address}': mmengine reads its prefix '{prefix}' with ")
-        assert not marker.exists()
+    CheckpointLoader.register_scheme('vheattest://', loader=other_loader)
+    CheckpointLoader.register_scheme('torchvision://', loader=other_loader, force=True)
+    for address in ('vheattest://x', 'torchvision://resnet50'):
+        linear = torch.nn.Linear(2, 2)
+        load_checkpoint(linear, address)  # mmengine's loading, with the other package's loader
+        assert torch.equal(linear.weight, torch.ones(2, 2))
+    with pytest.raises(CheckpointError) as error:
+        read_address('vheattest://x')
+    assert one_line_message(error, "'vheattest://'", 'torchvision://').startswith(
+        "cannot load 'vheattest://x': vheat_mm reads local paths and the prefixes ")
+    with pytest.raises(CheckpointError, match='refusing to load'):
+        read_address('torchvision://resnet50')
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize('address, package', [('pavi://project/model.pth', 'pavi package'),
@@ -210,13 +222,13 @@ def test_a_storage_package_that_is_not_installed_is_named(address, package, monk
     monkeypatch.setitem(sys.modules, 'petrel_client', None)
     monkeypatch.setitem(sys.modules, 'petrel_client.client', None)
     with pytest.raises(CheckpointError) as error:
-        CheckpointLoader.load_checkpoint(address)
+        read_address(address)
     assert one_line_message(error, package, 'not installed').startswith(f"cannot load '{address}'")
 
 
 def test_an_unknown_name_of_a_table_is_named(homes):
     with pytest.raises(CheckpointError) as error:
-        CheckpointLoader.load_checkpoint('torchvision://no_such_net')
+        read_address('torchvision://no_such_net')
     one_line_message(error, "'torchvision://no_such_net'", "has no 'no_such_net'")
 
 
@@ -249,17 +261,6 @@ def test_the_runner_refuses_a_crafted_torchvision_file(how, tmp_path, crafted_re
     with pytest.raises(CheckpointError) as error:
         runner.load_or_resume()
     one_line_message(error, 'resnet50-0676ba61.pth (torchvision://resnet50)', 'refusing to load')
-    assert not crafted_resnet50.exists()
-
-
-def test_an_init_cfg_of_torchvision_weights_is_refused(crafted_resnet50, homes, state):
-    import mmdet.models  # noqa: F401  (registers ResNet)
-    from mmdet.registry import MODELS
-    resnet = MODELS.build(dict(type='ResNet', depth=18, init_cfg=dict(
-        type='Pretrained', checkpoint='torchvision://resnet50')))
-    with pytest.raises(CheckpointError) as error:
-        resnet.init_weights()
-    one_line_message(error, 'resnet50-0676ba61.pth (torchvision://resnet50)')
     assert not crafted_resnet50.exists()
 
 
