@@ -5,6 +5,11 @@
 - A key that is not a string is named; one whose repr is exponentially long is cut, and a
   pickle whose shared parts nest deep (a dict key that would take hours to hash) is refused
   before it is unpickled.
+- A tensor of 2**40 elements that repeat one stored value (a stride of 0) is checked for NaN
+  by its stored value, not by a tensor of its size.
+
+Each case is read by every path that reads checkpoints: read_checkpoint, load_pretrained,
+interpolate4downstream.py and, where mmengine is installed, vheat_mm.mm's load_checkpoint.
 """
 import collections
 import io
@@ -16,11 +21,11 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import importlib.util
+
 import pytest
 import torch
-from mmengine.runner import load_checkpoint
 
-import vheat_mm.mm  # noqa: F401  (mmengine reads checkpoints through the safe reader)
 from helpers import MINI, ROOT, load_script, one_line_message
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
 from vheat_mm.checkpoint.messages import MAX_SHOWN, shown, shown_keys
@@ -136,7 +141,8 @@ def read_by(path: str, how: str) -> None:
         read_checkpoint(path)
     elif how == 'load_pretrained':
         load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
-    elif how == 'mmengine load_checkpoint':
+    elif how == 'vheat_mm.mm load_checkpoint':
+        from vheat_mm.mm.runner import load_checkpoint
         load_checkpoint(VHeat(MINI, img_size=64, num_classes=5), path)
     else:
         try:
@@ -148,8 +154,8 @@ def read_by(path: str, how: str) -> None:
             raise CheckpointError(str(done.code)[len(prefix):]) from None
 
 
-PATHS = ['read_checkpoint', 'load_pretrained', 'mmengine load_checkpoint',
-         'interpolate4downstream.py']
+PATHS = ['read_checkpoint', 'load_pretrained', 'interpolate4downstream.py'] + \
+    (['vheat_mm.mm load_checkpoint'] if importlib.util.find_spec('mmengine') else [])
 
 
 @pytest.mark.parametrize('how', PATHS)
@@ -223,6 +229,31 @@ def test_a_pickle_of_shared_parts_nested_deep_is_refused_before_unpickling(tmp_p
                         r"'hash_bomb/data\.pkl' builds a value of more than \d+ items from \d+ "
                         r'bytes \(the same parts nested in each other: .*\)',
                         one_line_message(error))
+
+
+def write_repeats(path: Path, value: float) -> None:
+    """A file of 1 kB whose tensor of 2**40 elements repeats one stored ``value`` (checking each
+    element would ask for a terabyte)."""
+    torch.save({'model': {'weight': torch.full((1,), value).expand(2**20, 2**20)}}, path)
+    assert path.stat().st_size < 4096
+
+
+def test_a_tensor_repeating_its_stored_value_is_read_as_it_is(tmp_path):
+    path = tmp_path / 'repeats.pth'
+    write_repeats(path, 0.5)
+    weight = read_checkpoint(path)['model']['weight']
+    assert weight.shape == (2**20, 2**20) and weight.stride() == (0, 0) and weight[7, 9] == 0.5
+
+
+@pytest.mark.parametrize('how', PATHS)
+def test_a_tensor_repeating_a_stored_nan_is_refused(tmp_path, how):
+    path = tmp_path / 'repeats.pth'
+    write_repeats(path, float('nan'))
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    assert one_line_message(error) == (
+        f"refusing to load {path}: tensor 'weight' (1048576, 1048576) holds 1 NaN or inf value "
+        f"(a diverged run or a damaged file?)")
 
 
 def test_shown_cuts_every_kind_of_value():

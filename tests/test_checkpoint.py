@@ -1,15 +1,28 @@
-"""Reading and converting checkpoints: layouts, prefixes, freq_embed resizing, clear errors."""
+"""Reading and converting checkpoints: layouts, prefixes, freq_embed resizing, clear errors.
+
+Reading: what torch.save writes (tensors, parameters, state dicts, dtypes, bytes, sets, numpy
+arrays and scalars under numpy 1.x's and 2.x's names, in pickle protocols 2, 4 and 5, zip and
+legacy files) and what mmengine's runner writes are read as they were saved; a pickle that asks
+for any other global (os.system through REDUCE, INST, OBJ, NEWOBJ, NEWOBJ_EX or the EXT
+opcodes), calls an allowed one as no checkpoint does, or changes a class is refused in one line
+naming what it asks for.
+"""
 import argparse
+import codecs
 import collections
+import copyreg
 import os
 import re
+import sys
+import tarfile
 
 import pytest
 import torch
 
-from helpers import (DAMAGED_FILES, MINI, CountingServer, write_crafted_checkpoint,
-                     write_damaged_checkpoint)
-from vheat_mm.checkpoint import (CheckpointError, RefusedCall, fit_state_dict, load_pretrained,
+from checkpoint_files import rewrite_pickle, write_pickle_archive, write_runner_checkpoint
+from helpers import (DAMAGED_FILES, MINI, CountingServer, one_line_message,
+                     write_crafted_checkpoint, write_damaged_checkpoint)
+from vheat_mm.checkpoint import (CheckpointError, fit_state_dict, load_pretrained,
                                  official_to_mmpretrain, read_checkpoint)
 from vheat_mm.models import VHeat, VHeatFeatures, resize_freq_embed
 
@@ -107,80 +120,324 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, classifier_state):
     path = tmp_path / 'evil.pth'
     marker = write_crafted_checkpoint(path, {'model': classifier_state})
     with pytest.raises(CheckpointError, match=r'refusing to load .*evil\.pth: its pickle asks for '
-                       r'\S*open, which weights_only loading does not allow .*; allowed are '
-                       r'tensors, containers') as error:
+                       r"\S*open, which vheat_mm's checkpoint reader does not allow .*; allowed "
+                       r'are tensors, containers') as error:
         load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
     assert '\n' not in str(error.value)
     assert not os.path.exists(marker)
 
 
 class _StateDict(collections.OrderedDict):
-    """An OrderedDict subclass: a global that weights_only loading does not allow."""
+    """An OrderedDict subclass: a global that the reader does not allow."""
 
 
 @pytest.mark.parametrize('value, name', [
     (argparse.Namespace(lr=0.1), 'argparse.Namespace'),
     (_StateDict(w=torch.ones(1)), f'{__name__}._StateDict'),
 ])
-def test_unsafe_global_is_refused_naming_it(tmp_path, classifier_state, value, name):
+@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
+def test_unsafe_global_is_refused_naming_it(tmp_path, classifier_state, value, name, legacy):
     path = tmp_path / 'unsafe.pth'
-    torch.save({'model': classifier_state, 'extra': value}, path)
+    torch.save({'model': classifier_state, 'extra': value}, path,
+               _use_new_zipfile_serialization=not legacy)
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(path)
-    assert str(error.value).startswith(
-        f'refusing to load {path}: its pickle asks for {name}, which weights_only loading does '
-        f'not allow')
+    assert one_line_message(error).startswith(
+        f"refusing to load {path}: its pickle asks for {name}, which vheat_mm's checkpoint "
+        f"reader does not allow (loading it could run code); allowed are ")
 
 
-def test_unsafe_global_is_refused_where_torch_cannot_list_globals(tmp_path, monkeypatch):
-    """torch < 2.6 has no get_unsafe_globals_in_checkpoint: still a refusal, naming no global."""
-    path = tmp_path / 'unsafe.pth'
-    torch.save({'args': argparse.Namespace(lr=0.1)}, path)
-    monkeypatch.delattr(torch.serialization, 'get_unsafe_globals_in_checkpoint')
-    with pytest.raises(CheckpointError, match=rf'^refusing to load {re.escape(str(path))}: its '
-                                              r'pickle asks for a global or call \('):
-        read_checkpoint(path)
+def test_reading_needs_no_allowlist_api_of_torch(tmp_path, classifier_state, monkeypatch):
+    """torch < 2.4 has none of them: the reader neither reads nor changes torch's allowlist."""
+    for api in ('add_safe_globals', 'safe_globals', 'get_safe_globals',
+                'get_unsafe_globals_in_checkpoint', 'clear_safe_globals'):
+        monkeypatch.delattr(torch.serialization, api, raising=False)
+    torch.save({'model': classifier_state}, tmp_path / 'plain.pth')
+    assert read_checkpoint(tmp_path / 'plain.pth')['model'].keys() == classifier_state.keys()
+    torch.save({'args': argparse.Namespace(lr=0.1)}, tmp_path / 'unsafe.pth')
+    with pytest.raises(CheckpointError, match=r'its pickle asks for argparse\.Namespace, '):
+        read_checkpoint(tmp_path / 'unsafe.pth')
 
 
-def test_legacy_file_with_an_unsafe_global_is_named_legacy(tmp_path):
+def test_legacy_file_is_read(tmp_path, classifier_state):
     path = tmp_path / 'legacy.pth'
-    torch.save({'args': argparse.Namespace(lr=0.1)}, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r'a legacy torch file \(not a zip archive\) whose '
-                                              r'pickle weights_only loading refuses'):
+    torch.save({'model': classifier_state}, path, _use_new_zipfile_serialization=False)
+    loaded = read_checkpoint(path)['model']
+    assert all(torch.equal(loaded[k], v) for k, v in classifier_state.items())
+
+
+def test_a_tar_file_of_old_torch_is_not_unpacked(tmp_path):
+    path = tmp_path / 'old.tar'
+    with tarfile.open(path, 'w') as archive:
+        archive.add(__file__, arcname='storages')
+    with pytest.raises(CheckpointError, match=r'neither a zip archive .* nor a readable legacy '
+                                              r'torch file .*an older tar file'):
         read_checkpoint(path)
 
 
-def _allowed_for_one(n):
-    """An allowlisted global that refuses any argument but 1, and returns a function."""
-    if n != 1:
-        raise RefusedCall(f'_allowed_for_one({n})', 'only _allowed_for_one(1) is allowed')
-    return print
+# ----------------------------------------------------------------------------- what is read
+def _saved_values() -> dict:
+    """A checkpoint of what torch.save writes for tensors, parameters, state dicts and the
+    values a training script stores beside them."""
+    linear = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(linear.parameters())
+    linear(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    with_attribute = torch.nn.Parameter(torch.arange(3.0))
+    with_attribute.note = 'kept'
+    return {'state_dict': linear.state_dict(), 'optimizer': optimizer.state_dict(),
+            'parameter': torch.nn.Parameter(torch.ones(2)), 'with_attribute': with_attribute,
+            'dtypes': {str(t): torch.zeros(2, dtype=t) for t in (
+                torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
+                torch.int64, torch.bool, torch.complex64)},
+            'dtype': torch.float16, 'size': torch.Size([2, 3]), 'device': torch.device('cpu'),
+            'view': torch.arange(10.0)[2:8:2], 'bytes': b'\x00\xff', 'no bytes': b'',
+            'set': {1, 2},
+            'frozenset': frozenset({3}), 'tuple': (1, 'a', None, 2.5, True), 'nested': [[{}]]}
 
 
-class _Calls:
-    """Pickles as ``_allowed_for_one(n)``, called with ``args`` where they are given."""
+@pytest.mark.parametrize('protocol', [2, 4, 5])
+def test_what_torch_save_writes_is_read_as_it_was(tmp_path, protocol):
+    path = tmp_path / 'values.pth'
+    saved = _saved_values()
+    torch.save(saved, path, pickle_protocol=protocol)
+    assert_same(read_checkpoint(path), saved)
+    assert read_checkpoint(path)['with_attribute'].note == 'kept'
+    assert isinstance(read_checkpoint(path)['parameter'], torch.nn.Parameter)
 
-    def __init__(self, n, *args):
-        self.n, self.args = n, args
 
-    def __call__(self, *args):
-        pass
+@pytest.mark.parametrize('numpy_names', ['installed', 'numpy 1.x', 'numpy 2.x'])
+def test_numpy_arrays_and_scalars_under_either_numpys_names(tmp_path, numpy_names):
+    import numpy as np
+
+    path = tmp_path / 'numpy.pth'
+    saved = {'array': np.arange(6.0).reshape(2, 3), 'ints': np.array([1, 2], np.int64),
+             'empty': np.array([]),
+             'float': np.float64(1.5), 'int': np.int64(3), 'half': np.float16(0.5),
+             'bool': np.bool_(True), 'dtype': np.dtype('float32')}
+    torch.save(saved, path)
+    spelled = {'numpy 1.x': b'numpy.core.multiarray', 'numpy 2.x': b'numpy._core.multiarray'}
+    if numpy_names in spelled:
+        rewrite_pickle(path, lambda data: re.sub(rb'numpy\._?core\.multiarray',
+                                                 spelled[numpy_names], data))
+    assert_same(read_checkpoint(path), saved)
+
+
+def test_map_location_is_torch_loads(tmp_path, classifier_state):
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'model': classifier_state}, path)
+    locations = []
+    loaded = read_checkpoint(path, map_location=lambda storage, where: locations.append(where)
+                             or storage)
+    assert locations and set(locations) == {'cpu'}
+    assert loaded['model'].keys() == classifier_state.keys()
+
+
+def test_the_weights_only_variable_reads_with_torchs_unpickler(tmp_path, classifier_state,
+                                                                monkeypatch):
+    """TORCH_FORCE_WEIGHTS_ONLY_LOAD makes torch.load refuse any unpickler but its own: the file
+    is read by that one, and what its allowlist refuses is named with the variable."""
+    torch.save({'model': classifier_state}, tmp_path / 'plain.pth')
+    torch.save({'model': classifier_state, 'args': argparse.Namespace(lr=0.1)},
+               tmp_path / 'args.pth')
+    monkeypatch.setenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '1')
+    assert read_checkpoint(tmp_path / 'plain.pth')['model'].keys() == classifier_state.keys()
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(tmp_path / 'args.pth')
+    assert one_line_message(error, 'argparse.Namespace').startswith(
+        f"refusing to load {tmp_path / 'args.pth'}: TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, so it "
+        f"is read by torch's weights-only unpickler")
+
+
+# ----------------------------------------------------------------------------- what is refused
+def _refusal(path) -> str:
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    message = one_line_message(error)
+    assert message.startswith(f'refusing to load {path}: its pickle asks for '), message
+    return message[len(f'refusing to load {path}: its pickle asks for '):]
+
+
+SYSTEM = b'cos\nsystem\n'  # GLOBAL os.system
+TRUE = b'X\x04\x00\x00\x00true'  # BINUNICODE 'true'
+
+
+@pytest.mark.parametrize('opcodes', [
+    b'\x80\x02' + SYSTEM + TRUE + b'\x85R.',  # REDUCE
+    b"(S'true'\nios\nsystem\n.",  # INST (protocol 0)
+    b'(' + SYSTEM + b"S'true'\no.",  # OBJ (protocol 1)
+    b'\x80\x02' + SYSTEM + b')\x81.',  # NEWOBJ
+    b'\x80\x04\x8c\x02os\x8c\x06system\x93)}\x92.',  # STACK_GLOBAL, NEWOBJ_EX
+], ids=['REDUCE', 'INST', 'OBJ', 'NEWOBJ', 'NEWOBJ_EX'])
+def test_a_call_of_os_system_is_refused_naming_it(tmp_path, opcodes):
+    path = tmp_path / 'crafted.pth'
+    write_pickle_archive(path, opcodes)
+    assert _refusal(path).startswith("os.system, which vheat_mm's checkpoint reader does not "
+                                     "allow (loading it could run code)")
+
+
+EXT_SIZES = {b'\x82': 1, b'\x83': 2, b'\x84': 4}  # EXT1, EXT2, EXT4: bytes of their code
+
+
+@pytest.mark.parametrize('opcode, code', [(b'\x82', 0xf0), (b'\x83', 0x1234),
+                                          (b'\x84', 0x12345678)], ids=['EXT1', 'EXT2', 'EXT4'])
+def test_an_extension_code_is_refused_naming_its_global(tmp_path, opcode, code):
+    """os.system registered with copyreg, and in its cache of extensions (as an earlier
+    unrestricted unpickling would leave it)."""
+    path = tmp_path / 'crafted.pth'
+    write_pickle_archive(path, b'\x80\x02' + opcode + code.to_bytes(EXT_SIZES[opcode], 'little')
+                         + TRUE + b'\x85R.')
+    copyreg.add_extension('os', 'system', code)
+    copyreg._extension_cache[code] = os.system
+    try:
+        assert _refusal(path).startswith('os.system, which ')
+        assert copyreg._extension_cache[code] is os.system  # left as it was
+    finally:
+        copyreg.remove_extension('os', 'system', code)
+    assert _refusal(path).startswith(f'the copyreg extension {code}, which no module has '
+                                     f'registered')
+
+
+class _Reduces:
+    """Pickles as ``function(*args)``."""
+
+    def __init__(self, function, *args):
+        self.call = function, args
 
     def __reduce__(self):
-        return (_Calls(self.n), self.args) if self.args else (_allowed_for_one, (self.n,))
+        return self.call
 
 
 @pytest.mark.parametrize('payload, asked', [
-    (_Calls(2), '_allowed_for_one(2)'),  # refused by the allowlisted global itself
-    (_Calls(1, 'x'), 'a call of an object built while unpickling'),  # print, not allowlisted
+    (_Reduces(getattr, collections.OrderedDict, 'fromkeys'), "getattr(OrderedDict, 'fromkeys')"),
+    (_Reduces(codecs.encode, 'x', 'zlib_codec'), "_codecs.encode('x', 'zlib_codec')"),
+    (_Reduces(bytes, 10**10), 'bytes(10000000000,)'),
+    (_Reduces(torch._utils._rebuild_parameter, torch.ones(2), False,
+              collections.OrderedDict(hook=1)),
+     "torch._utils._rebuild_parameter with backward hooks {'hook': 1}"),
 ])
-def test_refused_call_is_named(tmp_path, payload, asked):
+def test_an_allowed_global_called_as_no_checkpoint_calls_it_is_refused(tmp_path, payload, asked):
     path = tmp_path / 'calls.pth'
     torch.save({'x': payload}, path)
-    with torch.serialization.safe_globals([_allowed_for_one]), \
-            pytest.raises(CheckpointError) as error:
+    assert _refusal(path).startswith(f"{asked}, which vheat_mm's checkpoint reader does not "
+                                     f"allow: ")
+
+
+@pytest.mark.parametrize('opcodes, asked', [
+    (b'\x80\x02ccollections\nOrderedDict\nN}X\x01\x00\x00\x00xK\x01s\x86b.',
+     'the state of the class collections.OrderedDict set (pickle BUILD)'),
+    (b'\x80\x02cyacs.config\nCfgNode\nX\x01\x00\x00\x00a\x85R.', "yacs.config.CfgNode('a',)"),
+    (b'\x80\x02ctorch\nSize\n)R(K\x00K\x01u.', 'items set in a Size'),
+    (b'\x80\x02}K\x01a.', 'items appended to a dict'),
+    (b'\x80\x02](K\x01K\x02u.', 'items set in a list'),
+], ids=['BUILD on a class', 'CfgNode with arguments', 'SETITEMS on a Size', 'APPEND to a dict',
+        'SETITEMS on a list'])
+def test_what_no_checkpoint_does_with_its_objects_is_refused(tmp_path, opcodes, asked):
+    path = tmp_path / 'crafted.pth'
+    write_pickle_archive(path, opcodes)
+    assert _refusal(path).startswith(f'{asked}, which ')
+
+
+# ----------------------------------------------------------------------------- mmengine's
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    pytest.importorskip('mmengine')
+    return write_runner_checkpoint(tmp_path_factory.mktemp('runner'))
+
+
+def test_an_mmengine_runner_checkpoint_is_read_as_it_was(runner_checkpoint):
+    from mmengine.logging import HistoryBuffer
+
+    checkpoint = read_checkpoint(runner_checkpoint)
+    assert_same(checkpoint, torch.load(runner_checkpoint, weights_only=False))  # our own file
+    loss = checkpoint['message_hub']['log_scalars']['train/loss']
+    assert isinstance(loss, HistoryBuffer) and len(loss.data[0]) == 2
+    assert {'meta', 'state_dict', 'optimizer', 'param_schedulers', 'message_hub'} <= checkpoint.keys()
+
+
+def test_an_mmengine_checkpoint_in_pickle_protocol_4_is_read(runner_checkpoint, tmp_path):
+    """Protocol 4 names a HistoryBuffer's methods 'HistoryBuffer.mean', not getattr(...)."""
+    path = tmp_path / 'protocol4.pth'
+    torch.save(torch.load(runner_checkpoint, weights_only=False), path, pickle_protocol=4)
+    assert_same(read_checkpoint(path), read_checkpoint(runner_checkpoint))
+
+
+def _history_buffer_naming(methods: dict):
+    """A HistoryBuffer that pickles ``methods`` as its statistics methods."""
+    from mmengine.logging import HistoryBuffer
+
+    history_buffer = HistoryBuffer()
+    history_buffer._statistics_methods = methods  # its __getstate__ pickles this dict
+    return history_buffer
+
+
+def _history_buffer_payloads():
+    """What a pickle may ask of mmengine's HistoryBuffer that no checkpoint asks for."""
+    from mmengine.logging import HistoryBuffer
+
+    class Lookalike:
+        """A HistoryBuffer of another module."""
+    Lookalike.__module__, Lookalike.__qualname__ = 'history_buffer_elsewhere', 'HistoryBuffer'
+    return [
+        (_Reduces(getattr, HistoryBuffer, '__init__'), "getattr(HistoryBuffer, '__init__')"),
+        (_Reduces(getattr, HistoryBuffer, 'register_statistics'),
+         "getattr(HistoryBuffer, 'register_statistics')"),
+        (_history_buffer_naming({'mean': collections.OrderedDict}),
+         "HistoryBuffer statistics method 'mean': the class collections.OrderedDict"),
+        (_history_buffer_naming({'mean': HistoryBuffer.max}),
+         "HistoryBuffer statistics method 'mean': the function "
+         "mmengine.logging.history_buffer.HistoryBuffer.max"),
+        (Lookalike, 'history_buffer_elsewhere.HistoryBuffer'),
+    ]
+
+
+def test_what_no_mmengine_checkpoint_asks_of_a_history_buffer_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip('mmengine')
+    from mmengine.logging import HistoryBuffer
+
+    HistoryBuffer()  # mmengine's defaults in its class-wide registry of statistics methods
+    registered = dict(HistoryBuffer._statistics_methods)
+    path = tmp_path / 'crafted.pth'
+    for payload, asked in _history_buffer_payloads():
+        if isinstance(payload, type):  # pickled by its name: a module of that name must exist
+            module = type(sys)(payload.__module__)
+            module.HistoryBuffer = payload
+            monkeypatch.setitem(sys.modules, payload.__module__, module)
+        torch.save({'x': payload}, path)
+        refusal = _refusal(path)
+        assert refusal.startswith(f'{asked}, which '), refusal
+    write_pickle_archive(path, b'\x80\x02cmmengine.logging\nHistoryBuffer\n)\x81.')
+    assert _refusal(path).startswith('mmengine.logging.HistoryBuffer, which ')  # not its name
+    assert dict(HistoryBuffer._statistics_methods) == registered
+    torch.save({'x': _Reduces(getattr, HistoryBuffer, '__init__')}, path)
+    with pytest.raises(CheckpointError, match='only public HistoryBuffer methods are allowed'):
         read_checkpoint(path)
-    assert str(error.value).startswith(f'refusing to load {path}: its pickle asks for {asked}, ')
+
+
+def assert_same(loaded, saved, where='checkpoint') -> None:
+    """``loaded`` equals ``saved``: the same types, keys, tensors, arrays and values, at any
+    depth."""
+    import numpy as np
+
+    assert type(loaded) is type(saved), f'{where}: {type(loaded)} vs {type(saved)}'
+    if isinstance(saved, dict):
+        assert list(loaded) == list(saved), where
+        assert getattr(loaded, '__dict__', {}).keys() == getattr(saved, '__dict__', {}).keys()
+        for key in saved:
+            assert_same(loaded[key], saved[key], f'{where}[{key!r}]')
+    elif isinstance(saved, (list, tuple)):
+        assert len(loaded) == len(saved), where
+        for index, (a, b) in enumerate(zip(loaded, saved)):
+            assert_same(a, b, f'{where}[{index}]')
+    elif isinstance(saved, torch.Tensor):
+        assert loaded.dtype == saved.dtype and loaded.shape == saved.shape, where
+        assert loaded.stride() == saved.stride() and torch.equal(loaded, saved), where
+    elif isinstance(saved, np.ndarray):
+        assert loaded.dtype == saved.dtype and np.array_equal(loaded, saved), where
+    elif hasattr(saved, '__dict__') and not isinstance(saved, type):
+        assert_same(vars(loaded), vars(saved), f'{where}.__dict__')
+    else:
+        assert loaded == saved, f'{where}: {loaded!r} vs {saved!r}'
 
 
 @pytest.fixture

@@ -2,8 +2,12 @@
 
 Nothing is downloaded from the internet: the official weights come from the official reference
 fixture, given to timm as a local file (``pretrained_cfg_overlay=dict(file=...)``), and the
-hub's URL case reads from a server on 127.0.0.1.
+hub's and timm's URL cases read from a server on 127.0.0.1. ``pretrained=True`` reads the file
+with vheat_mm's reader (an official training checkpoint as it is, without yacs; a crafted pickle
+refused), then timm adapts ``in_chans``, ``num_classes`` and ``features_only`` as for its own
+models.
 """
+import sys
 
 import pytest
 import torch
@@ -12,7 +16,9 @@ timm = pytest.importorskip('timm')
 
 import vheat_mm  # noqa: E402
 import vheat_mm.timm_models  # noqa: E402  (registers the timm models)
-from helpers import ROOT, CountingServer, load_script, mini_arch, remove_checkpoints  # noqa: E402
+from checkpoint_files import write_official_training_checkpoint  # noqa: E402
+from helpers import (ROOT, CountingServer, load_script, mini_arch, remove_checkpoints,  # noqa: E402
+                     write_crafted_checkpoint)
 from vheat_mm.checkpoint import PRETRAINED_URLS, CheckpointError  # noqa: E402
 
 NAMES = ['vheat_tiny', 'vheat_small', 'vheat_base']
@@ -68,6 +74,81 @@ def test_pretrained_official_fixture_gives_the_official_logits(official_mini, tm
                               pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(case['input']), case['logits'], rtol=1e-4, atol=1e-5)
+
+
+def _official(official_mini, **kwargs):
+    """``timm.create_model('vheat_tiny', ...)`` of the official mini model's arch and size."""
+    config = official_mini['prenorm']['config']
+    kwargs.setdefault('num_classes', config['num_classes'])
+    return timm.create_model('vheat_tiny', arch=mini_arch(config), img_size=config['img_size'],
+                             **kwargs)
+
+
+def test_pretrained_reads_an_official_training_checkpoint_without_yacs(official_mini, tmp_path,
+                                                                       monkeypatch):
+    """timm takes ``model_ema`` (the official weights here); ``model`` holds moved weights."""
+    pytest.importorskip('yacs.config')
+    case = official_mini['prenorm']
+    path = tmp_path / 'ckpt_epoch_299.pth'
+    write_official_training_checkpoint(path, case['state_dict'])
+    monkeypatch.setitem(sys.modules, 'yacs', None)
+    monkeypatch.setitem(sys.modules, 'yacs.config', None)
+    overlay = dict(file=str(path), num_classes=10)
+    model = _official(official_mini, pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(case['input']), case['logits'], rtol=1e-4, atol=1e-5)
+    assert 'state_dict' not in model.pretrained_cfg  # the weights are in the model, not kept
+    assert overlay == dict(file=str(path), num_classes=10)  # the caller's dict is left alone
+
+
+def test_pretrained_refuses_a_crafted_file_naming_it(official_mini, tmp_path):
+    path = tmp_path / 'crafted.pth'
+    marker = write_crafted_checkpoint(path, {'model': official_mini['prenorm']['state_dict']})
+    with pytest.raises(CheckpointError, match=rf'^refusing to load {path}: its pickle asks for '):
+        _official(official_mini, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert not marker.exists()
+
+
+def test_pretrained_with_timms_adaptations(official_mini, tmp_path, monkeypatch):
+    """A URL (downloaded once), in_chans=1 (timm sums the first conv over its input channels), a
+    new num_classes (timm drops the classifier) and features_only (the stages' maps)."""
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    case = official_mini['prenorm']
+    state = case['state_dict']
+    (tmp_path / 'www').mkdir()
+    torch.save({'model': state}, tmp_path / 'www' / 'mini.pth')
+    with CountingServer(tmp_path / 'www') as server:
+        overlay = dict(url=server.url('mini.pth'), num_classes=10)
+        gray = _official(official_mini, pretrained=True, in_chans=1, num_classes=3,
+                         pretrained_cfg_overlay=overlay)
+        features = _official(official_mini, pretrained=True, features_only=True,
+                             pretrained_cfg_overlay=overlay)
+        assert server.counts['/mini.pth'] == 1
+    loaded = gray.state_dict()
+    torch.testing.assert_close(loaded['patch_embed.conv1.weight'],
+                               state['patch_embed.conv1.weight'].sum(1, keepdim=True))
+    assert loaded['classifier.3.weight'].shape == (3, state['classifier.3.weight'].shape[1])
+    assert torch.equal(loaded['layers.2.1.op.to_k.0.weight'], state['layers.2.1.op.to_k.0.weight'])
+    plain = vheat_mm.VHeat(mini_arch(case['config']), img_size=case['config']['img_size'],
+                           num_classes=case['config']['num_classes'])
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        expected = plain.eval().forward_intermediates(case['input'], intermediates_only=True)
+        for a, b in zip(features.eval()(case['input']), expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert 'state_dict' not in features.pretrained_cfg
+
+
+def test_pretrained_from_a_state_dict_in_memory_and_from_the_hub_refused(official_mini):
+    case = official_mini['prenorm']
+    model = _official(official_mini, pretrained=True, pretrained_cfg_overlay=dict(
+        state_dict={'model': case['state_dict']}, num_classes=10)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(case['input']), case['logits'], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"vheat_tiny's pretrained weights are read from a file "
+                                         r"or an http\(s\) URL .*source 'hf-hub'"):
+        _official(official_mini, pretrained=True, pretrained_cfg_overlay=dict(
+            source='hf-hub', hf_hub_id='someone/vheat'))
 
 
 def test_torch_hub_entry_points():

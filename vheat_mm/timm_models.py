@@ -14,18 +14,26 @@ wrapper, the only ``feature_cls`` allowed). timm's keyword ``in_chans`` is the m
 plain model does (no timm registration needed); TorchScript is refused.
 
 ``pretrained=True`` reads the official ImageNet-1k release named in the ``pretrained_cfg`` (or a
-local ``file`` given in ``pretrained_cfg_overlay``), through
-:func:`~vheat_mm.checkpoint.checkpoint_filter_fn`: the official ``{'model': ..., 'model_ema':
-...}`` layout is unwrapped (timm reads ``model_ema`` first), a checkpoint of another resolution
-has its freq_embed fitted, and weights holding NaN or inf are refused. Files written by the
-official training code, with its yacs config, are read as they are
-(:func:`~vheat_mm.checkpoint.reading_official_checkpoints`).
+local ``file`` or another ``url`` given in ``pretrained_cfg_overlay``) with
+:func:`~vheat_mm.checkpoint.read_checkpoint`, the reader of every vheat_mm checkpoint (nothing in
+the file runs; files written by the official training code, with its yacs config, are read as
+they are), and gives it to timm through :func:`~vheat_mm.checkpoint.checkpoint_filter_fn`: the
+official ``{'model': ..., 'model_ema': ...}`` layout is unwrapped (timm reads ``model_ema``
+first), a checkpoint of another resolution has its freq_embed fitted, and weights holding NaN or
+inf are refused; then timm adapts ``in_chans`` and a new ``num_classes`` as for its own models.
+A state dict given in memory (``pretrained_cfg_overlay=dict(state_dict=...)``) takes the same
+way, without reading; the Hugging Face hub and local folders, which timm would read itself, are
+refused.
 """
 from __future__ import annotations
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from typing import Any, Callable, Mapping
 
-from .checkpoint import PRETRAINED_URLS, checkpoint_filter_fn, reading_official_checkpoints
+from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model,
+                         resolve_pretrained_cfg)
+from torch import nn
+
+from .checkpoint import PRETRAINED_URLS, checkpoint_filter_fn, read_checkpoint
 from .models import VHeat
 
 __all__ = ['MODEL_NAMES', 'register_timm_models']  # and the model functions
@@ -60,11 +68,45 @@ def _create(variant: str, pretrained: bool, **kwargs) -> VHeat:
         raise ValueError(f"vHeat's features_only maps come from forward_intermediates: "
                          f"feature_cls must be 'getter' (the default), got {feature_cls!r}")
     kwargs.setdefault('arch', variant)  # a dict arch builds another size under the same name
-    with reading_official_checkpoints():  # timm reads the file inside
-        return build_model_with_cfg(
-            _vheat_with_timm_keywords, f'vheat_{variant}', pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **kwargs)
+    filter_fn = checkpoint_filter_fn
+    if pretrained:
+        source = _pretrained_source(variant, kwargs.get('pretrained_cfg'),
+                                    kwargs.get('pretrained_cfg_overlay'))
+        if source is not None:
+            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {},
+                                                    state_dict={'read from': source})
+            filter_fn = _filter_read(read_checkpoint(source))
+    model = build_model_with_cfg(
+        _vheat_with_timm_keywords, f'vheat_{variant}', pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)), **kwargs)
+    model.pretrained_cfg.pop('state_dict', None)  # the weights are in the model
+    return model
+
+
+def _pretrained_source(variant: str, pretrained_cfg: Any, overlay: Mapping | None) -> str | None:
+    """The file or URL of the pretrained weights that timm would read for ``vheat_<variant>``;
+    None where the config holds a state dict in memory. Raises :class:`ValueError` for a
+    source vheat_mm does not read (the Hugging Face hub, a local folder) or none."""
+    cfg = resolve_pretrained_cfg(f'vheat_{variant}', pretrained_cfg=pretrained_cfg,
+                                 pretrained_cfg_overlay=dict(overlay or {}))
+    if cfg.state_dict is not None:
+        return None
+    source = cfg.file or cfg.url
+    if cfg.source in ('hf-hub', 'local-dir') or not isinstance(source, str) or not source:
+        raise ValueError(f"vheat_{variant}'s pretrained weights are read from a file or an "
+                         f"http(s) URL (pretrained_cfg's 'file' or 'url'), got source "
+                         f"{cfg.source!r}, file {cfg.file!r}, url {cfg.url!r}")
+    return source
+
+
+def _filter_read(checkpoint: Mapping) -> Callable[[Mapping, nn.Module], dict]:
+    """timm's ``pretrained_filter_fn`` for a checkpoint vheat_mm has read: timm is given a small
+    dict in its place (its config keeps, and deep-copies for ``features_only``, what it is
+    given), and this gives the checkpoint's fitted state dict."""
+    def filter_fn(_given: Mapping, model: nn.Module) -> dict:
+        return checkpoint_filter_fn(checkpoint, model)
+    return filter_fn
 
 
 @register_model

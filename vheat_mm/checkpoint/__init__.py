@@ -1,9 +1,14 @@
 """vHeat checkpoints in plain PyTorch, one module per job.
 
-- :mod:`.io`: reading with ``torch.load(weights_only=True)`` on the CPU (the official training
-  code's yacs config read as a plain dict), and one line on why a file is refused (the unsafe
-  globals torch lists, keys that are not strings, NaN or inf weights) or cannot be read
-  (empty, truncated...).
+- :mod:`.io`: reading with ``torch.load`` and the restricted unpickler of
+  :mod:`.restricted_pickle` (on the CPU unless told), and one line on why a file is refused
+  (the global its pickle asks for, keys that are not strings, NaN or inf weights) or cannot be
+  read (empty, truncated...).
+- :mod:`.restricted_pickle`: the pickle module every read passes to ``torch.load``: the one
+  table of the globals a checkpoint may name (:data:`ALLOWED_GLOBALS`: torch's tensors,
+  mmengine's runner checkpoints, the official training code's yacs config as a plain dict),
+  each with why, and an unpickler that refuses anything else, per call (no process-wide
+  allowlist, safe in threads).
 - :mod:`.archive`: the zip archive checked before ``torch.load``: no compressed record, none
   larger than the file, every CRC-32 right, no pickle whose shared parts nest to an
   exponential size.
@@ -32,22 +37,22 @@ from .convert import (CONVERSION_MODES, FittedStateDict, check_downstream_sizes,
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
 from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
-from .io import (OfficialConfig, RefusedCall, check_finite, check_string_keys, read_checkpoint,
-                 reading_official_checkpoints)
+from .io import check_finite, check_string_keys, read_checkpoint
 from .layout import (BACKBONE_MODULE, LAYOUTS, STATE_DICT_ENTRIES, WRAPPED_MODULE, FreqEmbedKey,
                      Layout, find_freq_embeds, find_layout, find_state_dict, is_state_dict,
                      named_weight_entries, select_prefix, weight_entries)
 from .load import LoadReport, load_pretrained
 from .messages import shown, shown_keys
+from .restricted_pickle import ALLOWED_GLOBALS, AllowedGlobal, OfficialConfig, RefusedCall
 
-__all__ = ['BACKBONE_MODULE', 'CONVERSION_MODES', 'LAYOUTS', 'MIN_FIT',
-           'PRETRAINED_URLS', 'STATE_DICT_ENTRIES', 'WRAPPED_MODULE', 'CheckpointError',
-           'FittedStateDict', 'FreqEmbedKey', 'Layout', 'LoadReport', 'OfficialConfig',
-           'RefusedCall', 'cached_download', 'check_archive', 'check_downstream_sizes',
-           'check_finite', 'check_fit', 'check_string_keys', 'checkpoint_filter_fn',
-           'convert_freq_embeds', 'find_freq_embeds', 'find_layout', 'find_state_dict',
-           'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries', 'load_pretrained',
-           'named_weight_entries', 'official_to_mmpretrain', 'official_to_model', 'read_checkpoint',
-           'reading_official_checkpoints', 'replaced_atomically', 'select_prefix', 'shown',
-           'shown_keys', 'strict_loading', 'strict_loading_enabled', 'weight_entries',
+__all__ = ['ALLOWED_GLOBALS', 'BACKBONE_MODULE', 'CONVERSION_MODES', 'LAYOUTS', 'MIN_FIT',
+           'PRETRAINED_URLS', 'STATE_DICT_ENTRIES', 'WRAPPED_MODULE', 'AllowedGlobal',
+           'CheckpointError', 'FittedStateDict', 'FreqEmbedKey', 'Layout', 'LoadReport',
+           'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
+           'check_downstream_sizes', 'check_finite', 'check_fit', 'check_string_keys',
+           'checkpoint_filter_fn', 'convert_freq_embeds', 'find_freq_embeds', 'find_layout',
+           'find_state_dict', 'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries',
+           'load_pretrained', 'named_weight_entries', 'official_to_mmpretrain',
+           'official_to_model', 'read_checkpoint', 'replaced_atomically', 'select_prefix',
+           'shown', 'shown_keys', 'strict_loading', 'strict_loading_enabled', 'weight_entries',
            'write_checkpoint']

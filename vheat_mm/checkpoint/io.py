@@ -1,93 +1,88 @@
-"""Reading checkpoint files safely: ``torch.load(weights_only=True)`` on the CPU, and one line
-naming the file and why when it cannot be read.
+"""Reading checkpoint files safely: ``torch.load`` with vheat_mm's restricted unpickler
+(:mod:`.restricted_pickle`), and one line naming the file and why when it cannot be read.
 
-A file the weights-only unpickler refuses is named with the globals its pickle asks for, as
-torch lists them (``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.6); a
-damaged file with what is wrong with it (empty, truncated, not written by ``torch.save``).
+Every global a checkpoint's pickle may name is a record of
+:data:`~.restricted_pickle.ALLOWED_GLOBALS`: what ``torch.save`` writes for tensors, parameters
+and state dicts, what mmengine's runner pickles in its checkpoints (numpy arrays and scalars,
+its ``HistoryBuffer``), and the official training code's yacs ``CfgNode`` (read as a plain
+``OrderedDict`` by :class:`~.restricted_pickle.OfficialConfig`: yacs need not be installed, and
+nothing of it runs). A file whose pickle asks for anything else is refused, naming what it asks
+for; torch's own allowlist is neither read nor changed, and reads in several threads at once
+do not touch each other. Where ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` is set, torch refuses any
+unpickler but its own: the file is read with torch's weights-only unpickler and its allowlist,
+as the variable asks.
 
-The official training code (``save_checkpoint_ema``) pickles its yacs ``CfgNode`` config beside
-the weights. While reading (:func:`reading_official_checkpoints`), that one global stands for
-:class:`OfficialConfig`, which builds a plain ``OrderedDict`` of the config's values: yacs need
-not be installed, and nothing of yacs (or of any other class) is constructed or run.
-
-Before ``torch.load``, a zip archive is checked (:func:`~.archive.check_archive`): no
-compressed record, none larger than the file, every CRC-32 right, no pickle whose shared parts
-nest to an exponential size. After it, the checkpoint's
-keys and those of its state dicts must be strings (:func:`check_string_keys`), and weights
-holding NaN or inf are refused (:func:`check_finite`): such a checkpoint comes from a diverged
-run or a damaged copy, and loading it would give a model that outputs NaN. Messages show keys
-and values cut to a bounded length (:mod:`.messages`).
+Before ``torch.load``, a file that is neither a zip archive nor torch's legacy format is
+refused, and a zip archive is checked (:func:`~.archive.check_archive`): no compressed record,
+none larger than the file, every CRC-32 right, no pickle whose shared parts nest to an
+exponential size. After it, the checkpoint's keys and those of its state dicts must be strings
+(:func:`check_string_keys`), and weights holding NaN or inf are refused (:func:`check_finite`):
+such a checkpoint comes from a diverged run or a damaged copy, and loading it would give a
+model that outputs NaN. Messages show keys and values cut to a bounded length
+(:mod:`.messages`).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import zipfile
-from collections import OrderedDict
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
+from . import restricted_pickle
 from .archive import ZIP_MAGIC, check_archive
 from .download import cached_download, is_url
 from .errors import CheckpointError
 from .layout import named_weight_entries
-from .messages import MAX_SHOWN, cut, shown
+from .messages import cut, shown
+from .restricted_pickle import ALLOWED, RefusedCall
 
-__all__ = ['OfficialConfig', 'RefusedCall', 'check_finite', 'check_string_keys',
-           'read_checkpoint', 'reading_official_checkpoints']
+__all__ = ['FORCE_WEIGHTS_ONLY', 'check_finite', 'check_string_keys', 'read_checkpoint']
 
-# How a file that torch.save wrote in its legacy (non-zip, torch < 1.6) format starts.
-_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:4]
-_ALLOWED = "allowed are tensors, containers, numbers, strings and mmengine's checkpoint types"
-
-
-class RefusedCall(CheckpointError):
-    """Raised while unpickling by an allowlisted global that was called with arguments it does
-    not allow; ``call`` names the call."""
-
-    def __init__(self, call: str, allowed: str) -> None:
-        super().__init__(f'checkpoint asks for {call}; {allowed}')
-        self.call = call
+# torch's variable that makes every torch.load use its weights-only unpickler (torch >= 2.1).
+FORCE_WEIGHTS_ONLY = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
+_PICKLE_START = b'\x80'  # pickle's PROTO opcode: how a file in torch's legacy format starts
+_EXPECTED = 'expected a complete file written by torch.save'
 
 
-class OfficialConfig:
-    """Stands for ``yacs.config.CfgNode`` while an official checkpoint is read: the node
-    becomes a plain ``OrderedDict`` of its values (yacs' own flags, such as ``__immutable__``,
-    land in that dict's ``__dict__``). A node pickled with arguments is refused."""
-
-    def __new__(cls, *args) -> OrderedDict:
-        if args:
-            raise RefusedCall(f'yacs.config.CfgNode{shown(args)}', 'a CfgNode is read without '
-                              'arguments, as the official training code pickles it')
-        return OrderedDict()
-
-
-# Globals of the official vHeat checkpoints -> the inert stand-in read in their place.
-OFFICIAL_STAND_INS = ((OfficialConfig, 'yacs.config.CfgNode'),)
-
-
-@contextlib.contextmanager
-def reading_official_checkpoints() -> Iterator[None]:
-    """Inside the block, ``torch.load(weights_only=True)`` reads what the official training
-    code pickles beside the weights (:data:`OFFICIAL_STAND_INS`); torch's allowlist is restored
-    on leaving it."""
-    with torch.serialization.safe_globals(list(OFFICIAL_STAND_INS)):
-        yield
+def _torch_forces_weights_only() -> bool:
+    """Whether :data:`FORCE_WEIGHTS_ONLY` is set as torch reads it (then ``torch.load`` refuses
+    any ``pickle_module``)."""
+    return os.environ.get(FORCE_WEIGHTS_ONLY, '0').lower() in ('1', 'y', 'yes', 'true')
 
 
 def check_finite(state_dict: Mapping, source: str) -> None:
     """Raise :class:`CheckpointError` naming the first floating-point tensor of ``state_dict``
     that holds NaN or inf (and how many of its values do)."""
     for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() \
-                and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        values = _stored_values(value)
+        if not _all_finite(values):
+            bad = int((~torch.isfinite(values)).sum())
             raise CheckpointError(
                 f'refusing to load {source}: tensor {shown(key)} {tuple(value.shape)} holds '
                 f'{bad} NaN or inf value{"s" if bad > 1 else ""} (a diverged run or a damaged '
                 f'file?)')
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite: its largest and smallest are (both propagate NaN), read
+    in a pass each without a tensor of its size (``torch.isfinite`` is ten times slower)."""
+    if not values.numel():
+        return True
+    return bool(torch.isfinite(torch.stack((values.amax(), values.amin()))).all())
+
+
+def _stored_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The values of ``tensor`` that :func:`check_finite` reads: the tensor, or where it has
+    more elements than its storage holds (a stride of 0, as ``expand`` gives), the storage's
+    values, each once: a small file can describe a tensor of any number of elements that way."""
+    held = tensor.untyped_storage().nbytes() // tensor.element_size()
+    if tensor.numel() <= held:
+        return tensor
+    return tensor.new_empty(0).set_(tensor.untyped_storage(), 0, (held,), (1,))
 
 
 def check_string_keys(checkpoint: Mapping, source: str) -> None:
@@ -104,37 +99,38 @@ def check_string_keys(checkpoint: Mapping, source: str) -> None:
                     f'names)')
 
 
-def read_checkpoint(path: str | os.PathLike, *, name: str | None = None) -> dict:
+def read_checkpoint(path: str | os.PathLike, *, name: str | None = None,
+                    map_location: object = 'cpu') -> dict:
     """Load a checkpoint file (or http(s) URL, see
-    :func:`~vheat_mm.checkpoint.download.cached_download`) on the CPU with
-    ``torch.load(weights_only=True)``.
+    :func:`~vheat_mm.checkpoint.download.cached_download`) with ``torch.load`` and vheat_mm's
+    restricted unpickler (:mod:`.restricted_pickle`); ``map_location`` is ``torch.load``'s.
 
     Raises :class:`FileNotFoundError` or :class:`CheckpointError`, naming the path (or
     ``name``, where the file stands for another address), for a missing, unreadable,
-    truncated, damaged or unsafe file (one whose pickle asks for code to run, or a zip archive
-    that ``torch.save`` cannot have written), for keys that are not strings, and for weights
-    holding NaN or inf (in any state-dict entry, or a bare state dict).
+    truncated, damaged or unsafe file (one whose pickle asks for a global the reader does not
+    allow, or a zip archive that ``torch.save`` cannot have written), for keys that are not
+    strings, and for weights holding NaN or inf (in any state-dict entry, or a bare state dict).
     """
     path = cached_download(path) if is_url(path) else os.fspath(path)
     name = name or path
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {name}')
+    forced = _torch_forces_weights_only()
     try:
+        _check_format(path, name)
         check_archive(path, name)
-        with reading_official_checkpoints():
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=forced,
+                                pickle_module=None if forced else restricted_pickle)
     except RefusedCall as err:
-        raise CheckpointError(_refusal(name, err.call)) from None
+        raise CheckpointError(f'refusing to load {name}: its pickle asks for {err.call}, '
+                              f'{err.reason}') from None
     except CheckpointError:
         raise
-    except Exception as err:  # unsafe pickle, truncated or corrupt file, permission...
-        damage = _damage(path, err)
-        if damage is None and isinstance(err, pickle.UnpicklingError):  # refused or unparsable
-            asked = _unsafe_globals(path)
-            if asked:
-                raise CheckpointError(_refusal(name, asked)) from None
-        raise CheckpointError(f'cannot read checkpoint {name}: {damage or _corrupt(err)}; '
-                              f'expected a complete file written by torch.save') from err
+    except Exception as err:  # truncated or corrupt file, permission...
+        if forced and isinstance(err, pickle.UnpicklingError):
+            raise CheckpointError(_refused_by_torch(name, err)) from None
+        raise CheckpointError(f'cannot read checkpoint {name}: '
+                              f'{_damage(path, err) or _corrupt(err)}; {_EXPECTED}') from err
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'{name} holds a {type(checkpoint).__name__}, not a dict of tensors')
     check_string_keys(checkpoint, name)
@@ -143,41 +139,41 @@ def read_checkpoint(path: str | os.PathLike, *, name: str | None = None) -> dict
     return dict(checkpoint)
 
 
-def _refusal(path: str, asked: str) -> str:
-    return (f'refusing to load {path}: its pickle asks for {asked}, which weights_only loading '
-            f'does not allow (loading it could run code); {_ALLOWED}')
+def _check_format(path: str, name: str) -> None:
+    """Raise :class:`CheckpointError` naming ``name`` where ``path`` is empty, or is neither a
+    zip archive (what torch.save writes) nor a pickle (torch's legacy format, torch < 1.6)."""
+    with open(path, 'rb') as file:
+        head = file.read(len(ZIP_MAGIC))
+    if not head:
+        raise CheckpointError(f'cannot read checkpoint {name}: the file is empty; {_EXPECTED}')
+    if head != ZIP_MAGIC and not head.startswith(_PICKLE_START):
+        raise CheckpointError(
+            f'cannot read checkpoint {name}: it is neither a zip archive (what torch.save '
+            f'writes) nor a readable legacy torch file (random bytes, text, an older tar file or '
+            f'a damaged file?); {_EXPECTED}')
 
 
-def _unsafe_globals(path: str) -> str | None:
-    """What the pickle of ``path``, a complete torch.save archive, asks for that weights_only
-    loading does not allow: the globals torch lists, or a description where it names none;
-    None where torch cannot parse the pickle (a damaged file, not a refusal)."""
-    if not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):  # torch < 2.6
-        return 'a global or call (torch >= 2.6 would name it)'
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 -- whatever torch raises, the pickle cannot be parsed
-        return None
-    asked = cut(', '.join(sorted(unsafe)), 4 * MAX_SHOWN)
-    return asked or 'a call of an object built while unpickling'
+def _refused_by_torch(name: str, err: pickle.UnpicklingError) -> str:
+    """For a file that torch's weights-only unpickler refuses under :data:`FORCE_WEIGHTS_ONLY`:
+    what it says it refuses (torch >= 2.1 names the global after 'WeightsUnpickler error')."""
+    _, named, detail = str(err).partition('WeightsUnpickler error: ')
+    return (f'refusing to load {name}: {FORCE_WEIGHTS_ONLY} is set, so it is read by torch\'s '
+            f'weights-only unpickler and allowlist, which refuse it '
+            f'({_first_line(detail if named else str(err))}); without the variable vheat_mm reads '
+            f'it with its own restricted unpickler ({ALLOWED})')
 
 
 def _damage(path: str, err: Exception) -> str | None:
-    """One line on what is wrong with ``path`` that ``torch.load`` failed on: unreadable, empty,
-    legacy, truncated, not torch's; None for a complete zip archive with a ``data.pkl``."""
+    """One line on what is wrong with ``path`` that ``torch.load`` failed on: unreadable, a
+    legacy file it cannot parse, a zip archive torch did not write; None for a complete zip
+    archive with a ``data.pkl``."""
     if isinstance(err, OSError):
         return f'{type(err).__name__}: {err.strerror or err}'
     with open(path, 'rb') as file:
-        head = file.read(4)
-    if not head:
-        return 'the file is empty'
-    if head == _LEGACY_HEAD:
-        return (f'a legacy torch file (not a zip archive) whose pickle weights_only loading '
-                f'refuses or cannot parse ({type(err).__name__}; torch names the globals it '
-                f'refuses in zip archives only)')
-    if head != ZIP_MAGIC:
-        return (f'it is neither a zip archive (what torch.save writes) nor a readable legacy '
-                f'torch file ({type(err).__name__}: random bytes, text or a damaged file?)')
+        head = file.read(len(ZIP_MAGIC))
+    if head != ZIP_MAGIC:  # _check_format let it through: a pickle
+        return (f'a legacy torch file (not a zip archive) that cannot be parsed '
+                f'({type(err).__name__}: {_first_line(str(err))})')
     with zipfile.ZipFile(path) as archive:  # check_archive has read its directory
         names = archive.namelist()
     if not any(name.endswith('/data.pkl') for name in names):
@@ -188,5 +184,9 @@ def _damage(path: str, err: Exception) -> str | None:
 
 def _corrupt(err: Exception) -> str:
     """For a complete torch.save archive whose content torch.load could not rebuild."""
-    reason = (str(err).strip().splitlines() or [''])[0].partition('. ')[0]
-    return f'the archive is corrupt ({type(err).__name__}: {reason[:200]})'
+    return f'the archive is corrupt ({type(err).__name__}: {_first_line(str(err))})'
+
+
+def _first_line(text: str) -> str:
+    """The first sentence of ``text``'s first line, cut to a bounded length."""
+    return cut((text.strip().splitlines() or [''])[0].partition('. ')[0], 200)
