@@ -4,10 +4,10 @@ H and W, and TorchScript, which is refused with a pointer to torch.export.
 """
 import pytest
 import torch
-from torch.export import Dim
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from helpers import MINI, MINI_POST, as_tuple
+from vheat_mm import compat
 from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.layers import call_module
 
@@ -82,20 +82,37 @@ def test_readme_feature_extractor_line_on_vheat_tiny():
         torch.testing.assert_close(features['logits'], model(x), rtol=0, atol=0)
 
 
-@MODELS
-@pytest.mark.parametrize('deploy', [False, True], ids=['eval', 'deploy'])
-def test_torch_export_at_a_fixed_size_and_with_dynamic_h_and_w(cls, deploy):
+def exportable(cls, deploy):
     model = cls(MINI, img_size=64).eval()
     if deploy:
         model.switch_to_deploy()
+    return model
+
+
+@MODELS
+@pytest.mark.parametrize('deploy', [False, True], ids=['eval', 'deploy'])
+def test_torch_export_at_a_fixed_size(cls, deploy):
+    model = exportable(cls, deploy)
     buffers = dict(model.named_buffers()).keys()
     x = torch.randn(2, 3, 64, 96)
     fixed = torch.export.export(model, (x,)).module()
+    assert dict(model.named_buffers()).keys() == buffers  # exporting stored nothing
+    with torch.no_grad():
+        assert_same(fixed(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not compat.has('dynamic_export'), reason=compat.needs_message('dynamic_export'))
+@MODELS
+@pytest.mark.parametrize('deploy', [False, True], ids=['eval', 'deploy'])
+def test_torch_export_with_dynamic_h_and_w(cls, deploy):
+    from torch.export import Dim
+    model = exportable(cls, deploy)
+    buffers = dict(model.named_buffers()).keys()
+    x = torch.randn(2, 3, 64, 96)
     sizes = dict(x={2: 32 * Dim('h', min=2, max=16), 3: 32 * Dim('w', min=2, max=16)})
     dynamic = torch.export.export(model, (x,), dynamic_shapes=sizes).module()
     assert dict(model.named_buffers()).keys() == buffers  # exporting stored nothing
     with torch.no_grad():
-        assert_same(fixed(x), model(x), rtol=1e-5, atol=1e-6)
         for h, w in [(64, 96), (64, 64), (160, 96), (128, 224)]:
             y = torch.randn(2, 3, h, w)
             assert_same(dynamic(y), model(y), rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import MINI, MINI_POST, as_tuple, rel_error
+from vheat_mm import compat
 from vheat_mm.kernels import (Route, dispatch, kernel_switches, layer_norm, layer_norm_silu,
                               linear_gelu, residual_layer_norm, route)
 from vheat_mm.kernels import attenuate, dwconv, fused_linear, norm
@@ -23,9 +24,10 @@ from vheat_mm.models import VHeat, VHeatFeatures
 
 CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if CUDA else 'cpu'
-pytestmark = pytest.mark.skipif(
-    not dispatch.HAVE_TRITON or not (CUDA or dispatch.INTERPRET),
-    reason='needs Triton, and CUDA or TRITON_INTERPRET=1')
+pytestmark = [
+    pytest.mark.skipif(not compat.has('kernels'), reason=compat.needs_message('kernels')),
+    pytest.mark.skipif(not dispatch.HAVE_TRITON or not (CUDA or dispatch.INTERPRET),
+                       reason='needs Triton, and CUDA or TRITON_INTERPRET=1')]
 HALF = [torch.bfloat16, torch.float16]
 
 

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from helpers import MINI, MINI_POST
+from vheat_mm import compat
 from vheat_mm.models import VHeat, VHeatFeatures
 
+pytestmark = pytest.mark.skipif(not compat.has('onnx_export'),
+                                reason=compat.needs_message('onnx_export'))
 TOL = dict(rtol=1e-4, atol=5e-5)
 
 

@@ -1,22 +1,50 @@
 #!/usr/bin/env bash
-# Create or update .venv at the repository root with the OpenMMLab stack and vheat_mm (editable).
+# Create or update a venv at the repository root with the OpenMMLab stack and vheat_mm (editable).
+# VHEAT_MM_TORCH picks the torch (default 2.14.1, in .venv; 2.1.2, the torch of OpenMMLab's prebuilt
+# mmcv 2.1.0, in .venv-torch2.1.2); torchvision follows it (torchvision_for).
 # Idempotent: when nothing that defines the environment changed, it returns in a few seconds (one import of torch, for the mmcv build plan).
 # The mmcv 2.1.0 wheel (a source-only release, built with its compiled ops) is cached under
 # $VHEAT_MM_CACHE (default ~/.cache/vheat_mm), keyed by the torch version, its CUDA version and
 # the GPU architectures, and reused by later set-ups. Where nvidia-smi lists a GPU, mmcv is built
 # with its CUDA ops (FORCE_CUDA=1) for TORCH_CUDA_ARCH_LIST (default: the visible GPU's), which
-# needs nvcc; without a GPU, with its CPU ops only. VHEAT_MM_SETUP_PLAN=1 prints that plan (cache
-# folder and build flags) for the existing .venv and changes nothing.
+# needs nvcc; without a GPU, with its CPU ops only. VHEAT_MM_SETUP_PLAN=1 prints that plan (venv,
+# torch, cache folder, build flags and source patch) and changes nothing.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$root/.venv"
 python=${PYTHON:-python3.11}
-torch_version=2.14.1
-torchvision_version=0.29.1
+default_torch=2.14.1
+torch_version=${VHEAT_MM_TORCH:-$default_torch}
 mmcv_version=2.1.0
 cache=${VHEAT_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vheat_mm}
+
+# The torchvision release made for each torch this set-up knows.
+torchvision_for() {
+    case $1 in
+        2.14.1) echo 0.29.1 ;;
+        2.1.2) echo 0.16.2 ;;
+        *) return 1 ;;
+    esac
+}
+torchvision_version=$(torchvision_for "$torch_version") || {
+    printf '[setup] VHEAT_MM_TORCH=%s: choose 2.14.1 or 2.1.2 (the torch versions this set-up pairs with a torchvision)\n' "$torch_version" >&2
+    exit 2
+}
+if [[ $torch_version == "$default_torch" ]]; then
+    venv="$root/.venv"
+else
+    venv="$root/.venv-torch$torch_version"
+fi
 stamp="$venv/.vheat_mm_setup"
+
+# mmcv 2.1.0 pins its C++ extension to -std=c++17; the headers of torch >= 2.10 need C++20.
+torch_minor=${torch_version#*.}
+torch_minor=${torch_minor%%.*}
+if (( ${torch_version%%.*} > 2 || torch_minor >= 10 )); then
+    cxx_patch=1
+else
+    cxx_patch=0
+fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -42,18 +70,28 @@ mmcv_build_plan() {
             mmcv_arch=${TORCH_CUDA_ARCH_LIST:-$("$py" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
         fi
     fi
-    local key="torch-$("$py" -c 'import torch; print(torch.__version__.split("+")[0])')-$([[ $mmcv_cuda == cpu ]] && echo cpu || echo "cu$mmcv_cuda-sm${mmcv_arch// /_}")"
+    local key="torch-$torch_version-$([[ $mmcv_cuda == cpu ]] && echo cpu || echo "cu$mmcv_cuda-sm${mmcv_arch// /_}")"
     wheel_dir="$cache/mmcv-$mmcv_version-$key"
 }
 
 if [[ ${VHEAT_MM_SETUP_PLAN:-0} == 1 ]]; then
-    [[ -x "$venv/bin/python" ]] || { log "VHEAT_MM_SETUP_PLAN needs $venv (run the set-up once)"; exit 2; }
+    # Only a GPU node asks the venv's torch (its CUDA version and the GPU's architecture).
+    if gpu_present && [[ ! -x "$venv/bin/python" ]]; then
+        log "VHEAT_MM_SETUP_PLAN needs $venv on a GPU node (run the set-up once)"; exit 2
+    fi
     mmcv_build_plan "$venv/bin/python" || exit $?
+    echo "venv: $venv"
+    echo "torch $torch_version, torchvision $torchvision_version"
     echo "mmcv wheel cache: $wheel_dir"
     if [[ $mmcv_cuda == cpu ]]; then
         echo "mmcv build: MMCV_WITH_OPS=1 (CPU ops)"
     else
         echo "mmcv build: MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$mmcv_arch (CUDA $mmcv_cuda)"
+    fi
+    if (( cxx_patch )); then
+        echo "mmcv source: -std=c++17 patched to -std=c++20 (torch >= 2.10 headers)"
+    else
+        echo "mmcv source: as released (-std=c++17)"
     fi
     exit 0
 fi
@@ -82,12 +120,13 @@ mmcv_build_plan "$venv/bin/python" || exit $?
 build_env=(MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}")
 [[ $mmcv_cuda == cpu ]] || build_env+=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$mmcv_arch")
 if ! compgen -G "$wheel_dir/mmcv-$mmcv_version-*.whl" >/dev/null; then
-    log "building mmcv $mmcv_version with its compiled ops (${build_env[*]}; about 12 minutes on 2 cores for the CPU ops); cached in $wheel_dir"
+    log "building mmcv $mmcv_version with its compiled ops (${build_env[*]}; the CPU ops take 5 (torch 2.1) to 12 (torch 2.14) minutes on 2 cores); cached in $wheel_dir"
     src=$(mktemp -d)
     "${pip[@]}" download -q --no-deps --no-binary :all: -d "$src" "mmcv==$mmcv_version"
     tar -xzf "$src/mmcv-$mmcv_version.tar.gz" -C "$src"
-    # mmcv 2.1.0 pins its C++ extension to -std=c++17; torch >= 2.10 headers need C++20.
-    sed -i 's/-std=c++17/-std=c++20/g' "$src/mmcv-$mmcv_version/setup.py"
+    if (( cxx_patch )); then
+        sed -i 's/-std=c++17/-std=c++20/g' "$src/mmcv-$mmcv_version/setup.py"
+    fi
     rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
     env "${build_env[@]}" "${pip[@]}" wheel -q --no-build-isolation --no-deps \
         -w "$wheel_dir.tmp" "$src/mmcv-$mmcv_version"

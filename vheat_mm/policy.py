@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import torch
 import torch.fx
 from torch import Tensor, nn
+
+from .compat import is_compiling, is_exporting
 
 __all__ = ['cache_sources', 'has_forward_hooks', 'is_exporting', 'is_traced', 'may_overwrite',
            'needs_grad', 'observed_by_hooks']
@@ -53,12 +55,6 @@ _HOOKED = contextvars.ContextVar('vheat_mm_hooked', default=False)
 def needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd records an operation on ``tensors`` (None entries are skipped)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def is_exporting() -> bool:
-    """Whether ``torch.export`` (or the ONNX exporter built on it) is tracing."""
-    exporting = getattr(torch.compiler, 'is_exporting', None)  # torch >= 2.5
-    return bool(exporting and exporting())
 
 
 def is_traced(*values: object) -> bool:
@@ -79,14 +75,18 @@ def has_forward_hooks(module: nn.Module) -> bool:
                                   for m in module.modules())
 
 
-@contextlib.contextmanager
-def observed_by_hooks(module: nn.Module) -> Iterator[None]:
+def observed_by_hooks(module: nn.Module) -> ContextManager[None]:
     """Inside the block (a model's forward), :func:`may_overwrite` refuses every in-place step
-    if a forward hook is registered on ``module`` or any of its submodules. Not entered while
-    ``torch.compile`` traces (the compiled graph keeps the semantics of eager mutation)."""
-    if torch.compiler.is_compiling():
-        yield
-        return
+    if a forward hook is registered on ``module`` or any of its submodules. A no-op while
+    ``torch.compile`` traces (the compiled graph keeps the semantics of eager mutation; and
+    torch 2.1's compiler cannot trace a generator's context manager)."""
+    if is_compiling():
+        return contextlib.nullcontext()
+    return _observed_by_hooks(module)
+
+
+@contextlib.contextmanager
+def _observed_by_hooks(module: nn.Module) -> Iterator[None]:
     token = _HOOKED.set(_HOOKED.get() or has_forward_hooks(module))
     try:
         yield
@@ -101,7 +101,7 @@ def may_overwrite(target: Tensor | None, *reads: Tensor | None) -> bool:
         return False
     if needs_grad(target, *reads):
         return False
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return True
     if _HOOKED.get() or _global_hooks():
         return False
@@ -118,6 +118,6 @@ def cache_sources(deploy: bool, *weights: Tensor) -> tuple[Tensor, ...] | None:
     against: the weights themselves, or none in the deploy form."""
     if deploy:
         return ()
-    if torch.compiler.is_compiling() or needs_grad(*weights):
+    if is_compiling() or needs_grad(*weights):
         return None
     return weights

@@ -4,7 +4,9 @@ Every fast path in :mod:`vheat_mm.kernels` has an eager PyTorch reference beside
 model calls the public function, never a kernel directly. Each public function asks
 :func:`route` once and takes one of three branches:
 
-- ``Route.EAGER``: the reference. Taken unless Triton imports, the kernel's switch in
+- ``Route.EAGER``: the reference. Taken unless this torch has the kernels
+  (:data:`vheat_mm.compat.FEATURES`: torch 2.4 and its triton 3; on an older torch a CUDA
+  activation in a half type warns once that the references run), Triton imports, the kernel's switch in
   :data:`SWITCHES` is on (all are, by default), the activation is a CUDA tensor in a half type
   (bfloat16 or float16: autocast, or a model cast to that type; float32 keeps the reference and
   so its numerics), ``torch.export`` is not tracing (exported programs hold operators that
@@ -33,12 +35,14 @@ import dataclasses
 import enum
 import functools
 import os
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..policy import is_exporting, needs_grad
 
 try:
@@ -107,8 +111,26 @@ class Route(enum.Enum):
     AUTOGRAD = 'autograd'
 
 
+_warned_old_torch = False
+
+
+def _kernels_on_this_torch(x: Tensor) -> bool:
+    """Whether this torch has the kernels; if not, warns once where a CUDA activation would
+    have taken one."""
+    global _warned_old_torch
+    if compat.has('kernels'):
+        return True
+    if x.is_cuda and not _warned_old_torch:
+        _warned_old_torch = True
+        warnings.warn(f"{compat.needs_message('kernels')}: their eager references run "
+                      f"(VHEAT_MM_DISABLE_KERNELS=all silences this)", stacklevel=3)
+    return False
+
+
 def _kernel_may_run(switch: str, x: Tensor) -> bool:
     if not HAVE_TRITON or not getattr(SWITCHES, switch) or x.dtype not in HALF_TYPES:
+        return False
+    if not _kernels_on_this_torch(x):
         return False
     if is_exporting():
         return False
@@ -144,7 +166,7 @@ def route(kernel: str, x: Tensor, *reads: Tensor | None, supported: bool = True)
         return Route.EAGER
     if not needs_grad(x, *reads):
         return Route.INFERENCE
-    if backward and not torch.compiler.is_compiling():
+    if backward and not compat.is_compiling():
         return Route.AUTOGRAD
     return Route.EAGER
 
@@ -157,15 +179,19 @@ def compiled_as_custom_op(qualname: str, fake: Callable[..., Tensor]
     tensors, optional tensors and floats, and returns one tensor. A launcher may end with an
     optional ``out``, a contiguous tensor of the result's shape to write into; the call passes
     it as ``out=`` in eager mode only (a compiled graph allocates its result: the compiler
-    plans the buffers, and the operator mutates none of its arguments)."""
+    plans the buffers, and the operator mutates none of its arguments). Where this torch has
+    no kernels (:data:`vheat_mm.compat.FEATURES`), no operator is registered: :func:`route`
+    never chooses the launcher there."""
 
     def wrap(launch: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if not compat.has('kernels'):
+            return launch
         op = torch.library.custom_op(qualname, mutates_args=())(launch)
         op.register_fake(fake)
 
         @functools.wraps(launch)
         def call(*args, out: Tensor | None = None):
-            if torch.compiler.is_compiling():
+            if compat.is_compiling():
                 return op(*args)
             return launch(*args) if out is None else launch(*args, out=out)
         return call

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..compat import autocast_enabled
 from .dispatch import HALF_TYPES, HAVE_TRITON, Route, compiled_as_custom_op, route
 
 __all__ = ['layer_norm', 'layer_norm_silu', 'residual_layer_norm']
@@ -32,7 +33,7 @@ __all__ = ['layer_norm', 'layer_norm_silu', 'residual_layer_norm']
 # ----------------------------------------------------------------------------- eager references
 def _layer_norm_eager(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     device_type = x.device.type
-    if x.dtype in HALF_TYPES and torch.is_autocast_enabled(device_type):
+    if x.dtype in HALF_TYPES and autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             return F.layer_norm(x, weight.shape, weight.to(x.dtype), bias.to(x.dtype), eps)
     return F.layer_norm(x, weight.shape, weight, bias, eps)

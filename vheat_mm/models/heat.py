@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..compat import autocast_enabled
 from ..kernels import attenuate_with_grad
 from ..policy import may_overwrite
 
@@ -110,7 +111,7 @@ def float32_under_autocast(fn: Callable[..., Tensor], *tensors: Tensor) -> Tenso
     ``fn(*tensors)``: no cast and no extra operation, so float32 results are unchanged.
     """
     device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return fn(*tensors)
     with torch.autocast(device_type, enabled=False):
         out = fn(*(t.float() for t in tensors))

@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..compat import is_compiling
 from ..policy import cache_sources
 from .heat import (dct_basis, float32_under_autocast, has_size, heat_conduction,
                    heat_log_decay_map, resize_freq_embed)
@@ -46,7 +47,7 @@ class TensorCache(nn.Module):
     mode and with autocast off, so they can be used in any later mode and do not depend on the
     autocast state of the call that built them.
 
-    While ``torch.compile`` or ``torch.export`` traces (:func:`torch.compiler.is_compiling`),
+    While ``torch.compile`` or ``torch.export`` traces (:func:`vheat_mm.compat.is_compiling`),
     the cache is read-only and is asked for entries without sources only (the deploy form's,
     :func:`~vheat_mm.policy.cache_sources`): an entry of the right device and dtype is used as
     it is, and a missing one is computed in the graph without being stored (registering a
@@ -69,12 +70,14 @@ class TensorCache(nn.Module):
     def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
             dtype: torch.dtype, sources: Sequence[Tensor] = ()) -> Tensor:
         name = f'cache_{key}'
-        cached = self._buffers.get(name)
-        if torch.compiler.is_compiling():
+        # neither dict.get nor a change of grad mode: torch 2.1's compiler has no dict.get, and
+        # torch 2.3's export refuses a grad mode set while it traces
+        cached = self._buffers[name] if name in self._buffers else None
+        if is_compiling():
             if cached is not None and cached.device == device and cached.dtype == dtype:
                 return cached
-            with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                return build().to(device=device, dtype=dtype)
+            with torch.autocast(device.type, enabled=False):
+                return build().detach().to(device=device, dtype=dtype)
         if cached is not None and cached.device == device and cached.dtype == dtype \
                 and _same_values(self._sources.get(name, ()), sources):
             self._recent.move_to_end(name)
@@ -205,10 +208,12 @@ class HeatConductionOperator(nn.Module):
         sources = cache_sources(ctx.deploy, ctx.freq_embed_param, linear.weight, linear.bias)
         if sources is None:
             return self._decay_pow_k(ctx)
-        h, w = ctx.log_decay.shape
-        return ctx.cache.get(f'{self.cache_key}_{h}x{w}', lambda: self._decay_pow_k(ctx),
-                             device=ctx.log_decay.device, dtype=ctx.log_decay.dtype,
-                             sources=sources)
+        # unpacked, not ctx.cache: torch 2.1's compiler cannot read a module as an attribute
+        # of a tuple made while it traces
+        _, _, log_decay, _, _, _, cache = ctx
+        h, w = log_decay.shape
+        return cache.get(f'{self.cache_key}_{h}x{w}', lambda: self._decay_pow_k(ctx),
+                         device=log_decay.device, dtype=log_decay.dtype, sources=sources)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
         """decay ** k = exp(k * log decay), in float32 under autocast."""

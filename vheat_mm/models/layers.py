@@ -278,5 +278,4 @@ class Downsample(nn.Sequential):
                          LayerNorm(out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        conv, norm = self
-        return norm(conv(_nchw(x)).permute(0, 2, 3, 1))
+        return self[1](self[0](_nchw(x)).permute(0, 2, 3, 1))

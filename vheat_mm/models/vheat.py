@@ -23,6 +23,7 @@ import torch.fx
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from ..compat import register_load_state_dict_pre_hook
 from .heat import pad_freq_embed, resize_freq_embed
 from .heat_operator import HeatConductionOperator, HeatContext, TensorCache, build_heat_context
 from ..policy import may_overwrite, observed_by_hooks
@@ -281,7 +282,7 @@ class VHeatTrunk(nn.Module):
             last = i == self.num_stages - 1
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
-        self.register_load_state_dict_pre_hook(_fit_loaded_freq_embeds)
+        register_load_state_dict_pre_hook(self, _fit_loaded_freq_embeds)
         self.heat_cache = TensorCache()
         self.deploy = False
         self._trainable_before_deploy: dict[str, bool] = {}
@@ -545,7 +546,8 @@ class VHeat(VHeatTrunk):
         """The head on :meth:`forward_features`' map: logits (B, num_classes); with
         ``pre_logits``, the normalised, pooled features (B, C) before the linear layer. Without
         pooling (global_pool ''), the same for every position, as (B, num_classes or C, H, W)."""
-        norm, pool, flatten, linear = self.classifier
+        norm, pool, flatten, linear = (self.classifier[0], self.classifier[1],
+                                       self.classifier[2], self.classifier[3])
         x = flatten(pool(norm(x.permute(0, 2, 3, 1))))
         if not pre_logits:
             x = linear(x)
