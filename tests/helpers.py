@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import http.server
 import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,8 +19,8 @@ import torch
 
 __all__ = ['ROOT', 'CONFIGS', 'DATA', 'DAMAGED_FILES', 'MINI', 'MINI_POST', 'TOOL_TIMEOUT',
            'CountingServer', 'as_tuple', 'free_port', 'load_script', 'mini_arch',
-           'one_line_message', 'python_tool', 'rel_error', 'remove_checkpoints', 'run_tool',
-           'synthetic_shapes', 'write_config', 'write_crafted_checkpoint',
+           'one_line_message', 'python_tool', 'rel_error', 'remove_checkpoints', 'run_fresh',
+           'run_tool', 'synthetic_shapes', 'write_config', 'write_crafted_checkpoint',
            'write_damaged_checkpoint']
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,13 @@ def run_tool(*args: str | os.PathLike, timeout: float = TOOL_TIMEOUT, env: dict 
         f'{" ".join(command)} exited with {done.returncode}, not {returncode}\n'
         f'--- stdout\n{_tail(done.stdout)}\n--- stderr\n{_tail(done.stderr)}')
     return done
+
+
+def run_fresh(code: str, timeout: float = TOOL_TIMEOUT) -> dict:
+    """Run ``code`` (dedented) in a new interpreter, as :func:`run_tool` runs a command; it prints
+    one JSON object last, returned here."""
+    done = run_tool(sys.executable, '-c', textwrap.dedent(code), timeout=timeout)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def python_tool(script: str, *args: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:

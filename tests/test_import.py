@@ -2,25 +2,11 @@
 
 Each check runs in a fresh interpreter, where nothing has been imported yet.
 """
-import json
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-from helpers import ROOT
+from helpers import run_fresh
 
 TOOLBOXES = ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'timm')
-
-
-def run_fresh(code: str) -> dict:
-    """Run ``code`` in a new interpreter with the repository first on sys.path; it prints one
-    JSON object, returned here."""
-    done = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize('module', ['vheat_mm.models', 'vheat_mm.kernels', 'vheat_mm.checkpoint',
