@@ -63,24 +63,30 @@ def test_shapes_demo_draws_through_mmdet_visualizer(tmp_path, monkeypatch):
     import torch
     from mmdet.apis import init_detector
     from mmdet.visualization import DetLocalVisualizer
+    from mmengine.logging import HistoryBuffer
 
     demo = load_script(ROOT / 'tools/shapes_demo.py')
     shapes = synthetic_shapes()
     data = shapes.make_shapes_coco(tmp_path / 'shapes', num_train=1, num_val=2, size=(64, 64))
     model = init_detector(str(demo.CONFIG), None, device='cpu')
     meta = dict(classes=shapes.SHAPE_CLASSES, palette=[(220, 20, 60)] * 3)
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=meta)),
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=meta),  # as a runner
+                    message_hub=dict(log_scalars={'loss': HistoryBuffer([1.0], [1])})),
                tmp_path / 'ckpt.pth')
     drawn = []
     real = DetLocalVisualizer.add_datasample
 
+    visualizer_classes = []
+
     def spy(self, *args, **kwargs):
         drawn.append(kwargs)
+        visualizer_classes[:] = [tuple(self.dataset_meta['classes'])]
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(DetLocalVisualizer, 'add_datasample', spy)
     demo.save_predictions(tmp_path / 'ckpt.pth', Path(data), tmp_path / 'predictions.png',
                           num_images=2, score_thr=0.0)
     assert len(drawn) == 2 and all(k['draw_gt'] and k['draw_pred'] for k in drawn)
+    assert visualizer_classes == [shapes.SHAPE_CLASSES]
     picture = cv2.imread(str(tmp_path / 'predictions.png'))
     assert picture.shape == (2 * 64 * 2, 2 * 64 * 2, 3) and np.ptp(picture) > 0

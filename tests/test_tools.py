@@ -311,7 +311,7 @@ def test_build_runner_builds_the_config_as_it_is(monkeypatch):
             built.append(cfg)
             return 'runner'
 
-    monkeypatch.setattr(tool_config, 'Runner', Recorder)
+    monkeypatch.setattr(tool_config, 'VHeatRunner', Recorder)  # a config naming no runner
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     cfg = config(model=UPERNET_MODEL, launcher='pytorch', default_scope='mmseg',
                  optim_wrapper=dict(type='AmpOptimWrapper'))

@@ -64,9 +64,11 @@ def save_predictions(checkpoint: Path, data_root: Path, out_path: Path, num_imag
     from mmengine.structures import InstanceData
     from pycocotools.coco import COCO
 
-    import vheat_mm.mm  # noqa: F401  (registers the backbone)
+    from vheat_mm.mm.toolbox import built_without_weights, load_inference_weights
 
-    model = init_detector(str(CONFIG), str(checkpoint), device='cpu')
+    with built_without_weights(str(checkpoint)):  # read by VHeatRunner's reader instead
+        model = init_detector(str(CONFIG), None, device='cpu')
+    model.dataset_meta = load_inference_weights(model, str(checkpoint))
     visualizer = DetLocalVisualizer(name=f'shapes_demo_{out_path.stem}')
     visualizer.dataset_meta = model.dataset_meta
     coco = COCO(str(data_root / 'annotations/instances_val.json'))

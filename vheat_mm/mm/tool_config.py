@@ -31,6 +31,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from .runner import VHeatRunner
 from .toolbox import TOOLBOX_PROFILES, TOOLBOXES, ToolboxProfile, import_object, is_installed, \
     registry
 from .work_dir_lock import WorkDirLock
@@ -47,10 +48,6 @@ LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # where each launcher puts a process's global rank before the process group exists (what
 # mmengine's init_dist reads)
 RANK_VARIABLES = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}
-
-
-# the runner of a config that names none
-DEFAULT_RUNNER = 'VHeatRunner'
 
 
 class ToolConfigError(ValueError):
@@ -351,5 +348,6 @@ def build_runner(cfg: Config, *, toolbox: str) -> Runner:
     runner_setup = TOOLBOX_PROFILES[toolbox].runner_setup
     if runner_setup is not None:
         import_object(runner_setup)()
-    cfg.setdefault('runner_type', DEFAULT_RUNNER)
+    if 'runner_type' not in cfg:
+        return VHeatRunner.from_cfg(cfg)
     return registry(toolbox).RUNNERS.build(cfg)

@@ -19,7 +19,8 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, NamedTuple
 
 __all__ = ['OfficialBackbone', 'ToolboxProfile', 'TOOLBOX_PROFILES', 'TOOLBOXES',
-           'import_object', 'is_installed', 'registry']
+           'built_without_weights', 'import_object', 'is_installed', 'load_inference_weights',
+           'registry']
 
 
 class OfficialBackbone(NamedTuple):
@@ -70,7 +71,7 @@ class ToolboxProfile:
     official: OfficialBackbone | None = None
 
 
-def _weights_into(model, weights: str | None) -> dict:
+def load_inference_weights(model, weights: str | None) -> dict:
     """Load ``weights`` into an inferencer's ``model`` as :class:`~.runner.VHeatRunner` reads
     them (the safe reader, official layouts converted, the fit reported); returns the
     checkpoint's ``dataset_meta`` (empty without weights or without one)."""
@@ -82,7 +83,7 @@ def _weights_into(model, weights: str | None) -> dict:
 
 
 @contextlib.contextmanager
-def _random_weights_unmentioned(weights: str | None) -> Iterator[None]:
+def built_without_weights(weights: str | None) -> Iterator[None]:
     """The inferencers are built without weights (they are loaded after, by
     :func:`_weights_into`): their warnings about random weights would be false."""
     with warnings.catch_warnings():
@@ -95,7 +96,7 @@ def _infer_classes(config: str, image: str, *, weights: str | None, out_dir: str
                    device: str) -> dict:
     from mmpretrain.apis import ImageClassificationInferencer
     inferencer = ImageClassificationInferencer(model=config, pretrained=False, device=device)
-    meta = _weights_into(inferencer.model, weights)
+    meta = load_inference_weights(inferencer.model, weights)
     if meta.get('classes') is not None:
         inferencer.classes = meta['classes']
     (Path(out_dir) / 'vis').mkdir(parents=True, exist_ok=True)
@@ -105,10 +106,10 @@ def _infer_classes(config: str, image: str, *, weights: str | None, out_dir: str
 def _infer_detections(config: str, image: str, *, weights: str | None, out_dir: str,
                       device: str) -> dict:
     from mmdet.apis import DetInferencer
-    with _random_weights_unmentioned(weights):
+    with built_without_weights(weights):
         inferencer = DetInferencer(model=config, weights=None, device=device,
                                    show_progress=False)
-    meta = _weights_into(inferencer.model, weights)
+    meta = load_inference_weights(inferencer.model, weights)
     if meta:  # mmdet keeps its keys lower-case; the visualizer shares the model's dict
         inferencer.model.dataset_meta.update({k.lower(): v for k, v in meta.items()})
     return inferencer(image, out_dir=out_dir, no_save_pred=False)
@@ -117,9 +118,9 @@ def _infer_detections(config: str, image: str, *, weights: str | None, out_dir: 
 def _infer_segmentation(config: str, image: str, *, weights: str | None, out_dir: str,
                         device: str) -> dict:
     from mmseg.apis import MMSegInferencer
-    with _random_weights_unmentioned(weights):
+    with built_without_weights(weights):
         inferencer = MMSegInferencer(model=config, weights=None, device=device)
-    meta = _weights_into(inferencer.model, weights)
+    meta = load_inference_weights(inferencer.model, weights)
     if meta.get('classes') is not None:
         inferencer.model.dataset_meta = {'classes': meta['classes'],
                                          'palette': meta.get('palette')}
