@@ -211,3 +211,25 @@ def test_dct_methods_table():
     for row in rows:
         matmul, fft, ratio = map(float, row[3:])
         assert matmul >= 0 and fft >= 0 and ratio > 0, row
+
+
+@needs('mmengine', 'timm')
+def test_import_cost_table():
+    """One round of every case: a row each, and the toolboxes each import statement brought in:
+    vheat_mm alone imports none of them; after mmengine it imports no toolbox (registering
+    costs mmengine alone)."""
+    done = python_tool('tools/analysis_tools/import_cost.py', '--rounds', '1')
+    rows = {(row[0], row[1]): row for row in map(cells, done.stdout.splitlines())
+            if row[0].startswith('import ')}
+    assert len(rows) == 11, done.stdout
+    for row in rows.values():
+        assert float(row[2]) > 0, row
+    assert rows[('import vheat_mm', 'nothing')][5] == 'none'
+    assert rows[('import vheat_mm', 'mmengine')][5] == 'none'
+    assert rows[('import mmengine', 'vheat_mm')][5] == 'mmengine'
+    assert rows[('import timm', 'vheat_mm')][5] == 'timm'
+
+
+def test_import_cost_refuses_zero_rounds():
+    done = python_tool('tools/analysis_tools/import_cost.py', '--rounds', '0', returncode=2)
+    assert '--rounds must be at least 1, got 0' in done.stderr

@@ -81,7 +81,10 @@ def write_twin(path: Path) -> None:
     model(FIXTURE['input']).sum().backward()
     optimizer.step()  # moves the raw weights, fills the optimizer state
     scheduler = CosineLRScheduler(optimizer, t_initial=300, lr_min=5e-6, warmup_t=20)
-    scaler = torch.amp.GradScaler('cpu', init_scale=2.0**16)
+    # what the official NativeScalerWithGradNormCount's GradScaler.state_dict() holds (torch 2.1
+    # has no torch.amp.GradScaler to make it on the CPU)
+    scaler = dict(scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
+                  _growth_tracker=0)
     config = CfgNode(dict(MODEL=CfgNode(dict(TYPE='vHeat', NAME='vheat_mini')),
                           TRAIN=CfgNode(dict(EPOCHS=300, BASE_LR=5e-4, WARMUP_LR=5e-7,
                                              MIN_LR=5e-6, BETAS=(0.9, 0.999))),
@@ -89,7 +92,7 @@ def write_twin(path: Path) -> None:
     config.freeze()
     torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                     lr_scheduler=scheduler.state_dict(), max_accuracy=82.0,
-                    scaler=scaler.state_dict(), epoch=299, config=config, model_ema=ema,
+                    scaler=scaler, epoch=299, config=config, model_ema=ema,
                     max_accuray_ema=82.2), path)
 
 
