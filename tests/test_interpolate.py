@@ -160,6 +160,10 @@ BAD_INPUTS = {
                                "keys ['epoch', 'weights']"),
     'wrong_pt_size': (96, 128, "model['freq_embed.0'] has shape (16, 16, 8), but pt_size=96 "
                                'gives stage 0 a (24, 24, C) freq_embed'),
+    # an index read from a key never drives a loop: it is refused at once
+    'huge_stage_index': (PT, TG, "model['freq_embed.100000000'] is not the freq_embed of a "
+                                 'stage: the entry holds freq_embeds of 5 stages, numbered from 0'),
+    'long_stage_index': (PT, TG, "model['freq_embed.99999999999999999999"),
     'unsafe': (PT, TG, 'refusing to load'),
     'missing': (PT, TG, 'checkpoint not found'),
     **{kind: (PT, TG, message) for kind, message in DAMAGED_FILES.items()},
@@ -174,6 +178,9 @@ def write_bad_source(path, case, states):
         torch.save({'model': {'a.weight': torch.ones(1), 'b.bias': torch.ones(1)}}, path)
     elif case == 'unknown_layout':
         torch.save({'weights': states[0], 'epoch': 1}, path)
+    elif case in ('huge_stage_index', 'long_stage_index'):
+        index = '100000000' if case == 'huge_stage_index' else '9' * 5000
+        torch.save({'model': {**states[0], f'freq_embed.{index}': torch.zeros(1, 1, 8)}}, path)
     elif case == 'unsafe':
         write_crafted_checkpoint(path, {'model': states[0]})
     elif case != 'missing':

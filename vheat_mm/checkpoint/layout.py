@@ -164,12 +164,37 @@ def find_freq_embeds(checkpoint: Mapping) -> list[FreqEmbedKey]:
             f'entry ({mmengine}), found top-level keys {shown_keys(checkpoint)}')
     found = []
     for entry, pattern in present:
-        keys = [FreqEmbedKey(entry, key, int(match.group(1))) for key in checkpoint[entry]
+        keys = [FreqEmbedKey(entry, key, _stage_index(match.group(1))) for key in checkpoint[entry]
                 if isinstance(key, str) and (match := pattern.fullmatch(key))]
         if not keys:
             raise CheckpointError(f'no freq_embed in the checkpoint entry {entry!r} (is it a '
                                   f'vHeat checkpoint?): expected keys freq_embed.<stage> or '
                                   f'{BACKBONE_MODULE}.freq_embed.<stage>; keys found: '
                                   f'{shown_keys(checkpoint[entry], as_list=False) or "none"}')
-        found.extend(sorted(keys, key=lambda k: (k.stage, k.key)))
+        keys.sort(key=lambda k: (k.stage, k.key))
+        _check_stage_indices(entry, keys)
+        found.extend(keys)
     return found
+
+
+# More digits than any stage index has: such a key is refused before its index is read.
+_MAX_STAGE_DIGITS = 4
+
+
+def _stage_index(digits: str) -> int:
+    """The stage index of a freq_embed key; -1 (refused by :func:`_check_stage_indices`) for
+    one too long to be a stage."""
+    return int(digits) if len(digits) <= _MAX_STAGE_DIGITS else -1
+
+
+def _check_stage_indices(entry: str, keys: list[FreqEmbedKey]) -> None:
+    """Raise :class:`CheckpointError` naming the key unless the stages of ``keys`` are 0, 1,
+    ..., n-1: a vHeat trunk has one freq_embed per stage, so an index is never larger than
+    their number (and never drives a loop)."""
+    count = len({k.stage for k in keys})
+    for key in keys:
+        if not 0 <= key.stage < count:  # n distinct indices other than 0..n-1 hold one >= n
+            raise CheckpointError(
+                f'{entry}[{shown(key.key)}] is not the freq_embed of a stage: the entry holds '
+                f'freq_embeds of {count} stage{"s" if count > 1 else ""}, numbered from 0 '
+                f'(keys {", ".join(shown(k.key) for k in keys[:6])})')
