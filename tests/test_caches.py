@@ -4,6 +4,10 @@ Evaluating a detector between epochs runs the backbone at hundreds of distinct p
 before the budget, vHeat-T kept every size's decay ** k, resized freq_embed and bases (1.4 GiB
 after 20 COCO-sized inputs, kept through training).
 """
+import copy
+import pickle
+import threading
+
 import pytest
 import torch
 
@@ -234,3 +238,42 @@ def test_the_deploy_form_folds_and_train_restores_the_trainable_form():
     sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
     no_grad = [n for n in trainable if dict(model.named_parameters())[n].grad is None]
     assert not no_grad, f'parameters without a gradient after deploy and train(): {no_grad}'
+
+
+def test_threads_sharing_one_model_at_many_sizes_with_eviction_get_one_threads_outputs():
+    """4 threads run one model at 4 sizes each, with a cache limit that evicts on almost every
+    call: every output is bit-equal to the one thread's, and nothing raises."""
+    torch.manual_seed(0)
+    model = VHeatFeatures(MINI, img_size=64).eval()
+    sizes = [(32 + 8 * i, 48 + 16 * j) for i in range(4) for j in range(4)]
+    inputs = {size: torch.randn(1, 3, *size) for size in sizes}
+    with torch.no_grad():
+        expected = {size: model(x) for size, x in inputs.items()}
+    model.heat_cache.limit_bytes = 4 * 2**10  # a few entries: most calls evict others
+    model.heat_cache.clear()
+    errors, outputs = [], {}
+
+    def serve(offset: int) -> None:
+        try:
+            for round_ in range(3):
+                for size in sizes[offset:] + sizes[:offset]:
+                    with torch.no_grad():
+                        outputs[offset, round_, size] = model(inputs[size])
+        except BaseException as err:  # noqa: BLE001 -- reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=serve, args=(4 * n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(outputs) == 4 * 3 * len(sizes)
+    for (_, _, size), features in outputs.items():
+        assert all(torch.equal(a, b) for a, b in zip(features, expected[size])), size
+    # the lock is not copied: a copy gets its own
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert copied.heat_cache._lock is not model.heat_cache._lock
+        with torch.no_grad():
+            assert all(torch.equal(a, b) for a, b in zip(copied(inputs[sizes[0]]),
+                                                          expected[sizes[0]]))

@@ -16,6 +16,7 @@ frozen, and ``switch_to_deploy()`` is called again after changing them.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Callable, NamedTuple, Sequence
 
@@ -52,6 +53,10 @@ class TensorCache(nn.Module):
     :func:`~vheat_mm.policy.cache_sources`): an entry of the right device and dtype is used as
     it is, and a missing one is computed in the graph without being stored (registering a
     buffer while tracing would change the module and force a recompilation on the next call).
+
+    Threads may share the cache (one model serving inference in several threads): its
+    bookkeeping (look-up, eviction, storing) is done under one lock, and an entry a thread has
+    been given stays valid for it after another thread evicts it.
     """
 
     DEFAULT_LIMIT_BYTES = 512 * 2**20
@@ -61,37 +66,48 @@ class TensorCache(nn.Module):
         self.limit_bytes = int(limit_bytes)
         self._sources: dict[str, tuple[Tensor, ...]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:  # copy.deepcopy and pickle: a lock is not copied
+        return {name: value for name, value in self.__dict__.items() if name != '_lock'}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.RLock()
 
     @property
     def nbytes(self) -> int:
         """Bytes held now by the entries and the copies of their sources."""
-        return sum(self._entry_nbytes(name) for name in self._buffers)
+        with self._lock:
+            return sum(self._entry_nbytes(name) for name in self._buffers)
 
     def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
             dtype: torch.dtype, sources: Sequence[Tensor] = ()) -> Tensor:
         name = f'cache_{key}'
-        # neither dict.get nor a change of grad mode: torch 2.1's compiler has no dict.get, and
-        # torch 2.3's export refuses a grad mode set while it traces
-        cached = self._buffers[name] if name in self._buffers else None
         if is_compiling():
+            # neither dict.get nor a change of grad mode: torch 2.1's compiler has no dict.get,
+            # and torch 2.3's export refuses a grad mode set while it traces
+            cached = self._buffers[name] if name in self._buffers else None
             if cached is not None and cached.device == device and cached.dtype == dtype:
                 return cached
             with torch.autocast(device.type, enabled=False):
                 return build().detach().to(device=device, dtype=dtype)
-        if cached is not None and cached.device == device and cached.dtype == dtype \
-                and _same_values(self._sources.get(name, ()), sources):
-            self._recent.move_to_end(name)
+        with self._lock:
+            cached = self._buffers.get(name)
+            if cached is not None and cached.device == device and cached.dtype == dtype \
+                    and _same_values(self._sources.get(name, ()), sources):
+                self._recent.move_to_end(name)
+                return cached
+            self.drop(name)
+            with torch.inference_mode(False), torch.no_grad(), \
+                    torch.autocast(device.type, enabled=False):
+                cached = build().to(device=device, dtype=dtype)
+                copies = tuple(t.detach().clone() for t in sources)
+            if self._make_room(_nbytes(cached, *copies)):
+                self.register_buffer(name, cached, persistent=False)
+                self._sources[name] = copies
+                self._recent[name] = None
             return cached
-        self.drop(name)
-        with torch.inference_mode(False), torch.no_grad(), \
-                torch.autocast(device.type, enabled=False):
-            cached = build().to(device=device, dtype=dtype)
-            copies = tuple(t.detach().clone() for t in sources)
-        if self._make_room(_nbytes(cached, *copies)):
-            self.register_buffer(name, cached, persistent=False)
-            self._sources[name] = copies
-            self._recent[name] = None
-        return cached
 
     def _entry_nbytes(self, name: str) -> int:
         return _nbytes(self._buffers[name], *self._sources.get(name, ()))
@@ -108,14 +124,16 @@ class TensorCache(nn.Module):
         return True
 
     def drop(self, name: str) -> None:
-        self._buffers.pop(name, None)
-        self._sources.pop(name, None)
-        self._recent.pop(name, None)
+        with self._lock:
+            self._buffers.pop(name, None)
+            self._sources.pop(name, None)
+            self._recent.pop(name, None)
 
     def clear(self) -> None:
         """Drop every entry (they are rebuilt when next needed)."""
-        for name in list(self._buffers):
-            self.drop(name)
+        with self._lock:
+            for name in list(self._buffers):
+                self.drop(name)
 
     def extra_repr(self) -> str:
         return f'entries={list(self._buffers)}, limit_bytes={self.limit_bytes}'
