@@ -338,6 +338,35 @@ def test_what_no_checkpoint_does_with_its_objects_is_refused(tmp_path, opcodes, 
     assert _refusal(path).startswith(f'{asked}, which ')
 
 
+class _MappingWithOwnMethods:
+    """Pickles as an OrderedDict of ``items`` whose state sets ``attributes`` on it."""
+
+    def __init__(self, entries, **attributes):
+        self.entries, self.attributes = entries, attributes
+
+    def __reduce__(self):
+        return collections.OrderedDict, (), self.attributes, None, iter(self.entries.items())
+
+
+@pytest.mark.parametrize('method', ['get', 'items', 'keys', '__class__'])
+def test_a_state_dict_whose_state_hides_its_methods_is_refused(tmp_path, classifier_state,
+                                                                method):
+    """A mapping whose pickled state would replace its own methods (``get`` returning weights
+    that pass the NaN check) is refused; only plain attributes, such as a state dict's
+    ``_metadata``, are set."""
+    poisoned = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+                for k, v in classifier_state.items()}
+    path = tmp_path / 'methods.pth'
+    torch.save({'model': _MappingWithOwnMethods(poisoned, **{method: torch.Size})}, path)
+    asked = f"the attribute '{method}' of a OrderedDict set (pickle BUILD), which "
+    assert _refusal(path).startswith(asked)
+    with pytest.raises(CheckpointError, match=re.escape(asked)):
+        load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
+    # a state dict's own attribute is read as torch.save wrote it
+    torch.save({'model': classifier_state}, path)
+    assert read_checkpoint(path)['model']._metadata == classifier_state._metadata
+
+
 # ----------------------------------------------------------------------------- mmengine's
 @pytest.fixture(scope='module')
 def runner_checkpoint(tmp_path_factory):

@@ -130,7 +130,28 @@ def _is_own_method(cls: type | None, name: object) -> bool:
 
 # ----------------------------------------------------------------------------- states
 def _any_state(inst: object, state: object) -> None:
-    """What the class's own ``__setstate__`` (or its ``__dict__``) takes."""
+    """What the class's own ``__setstate__`` takes (numpy's arrays and dtypes: C code that
+    checks it)."""
+
+
+def _attribute_state(inst: object, state: object) -> None:
+    """Attributes of a new instance, as BUILD sets them in its ``__dict__`` (an ``OrderedDict``
+    state dict's ``_metadata``, a yacs node's flags): plain names, none of which is an attribute
+    of its class. A name such as ``get`` or ``items`` would hide the class's own method, and the
+    readers would call what the checkpoint put there."""
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state, None)
+    for part in parts:
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise RefusedCall(f'the state {_described(part)} of {_described(inst)} set (pickle '
+                              f'BUILD)', "which vheat_mm's checkpoint reader does not allow: "
+                              "attributes are set from a dict")
+        for name in part:
+            if not isinstance(name, str) or hasattr(type(inst), name):
+                raise RefusedCall(f'the attribute {shown(name)} of {_described(inst)} set (pickle '
+                                  f'BUILD)', "which vheat_mm's checkpoint reader does not allow: "
+                                  "it would hide the class's own attribute of that name")
 
 
 def _history_buffer_state(inst: object, state: object) -> None:
@@ -170,7 +191,7 @@ _TABLE = (
     AllowedGlobal(('torch._utils._rebuild_parameter_with_state',), _rebuilt_without_hooks(
         '_rebuild_parameter_with_state', 2), 'an nn.Parameter with Python attributes'),
     AllowedGlobal(('collections.OrderedDict',), 'collections:OrderedDict',
-                  'a state dict (its _metadata is its state)', _any_state),
+                  'a state dict (its _metadata is its state)', _attribute_state),
     AllowedGlobal(('torch.Size',), 'torch:Size', 'a tensor shape stored as a value'),
     AllowedGlobal(('torch.device',), 'torch:device', 'a device stored as a value'),
     *(AllowedGlobal((name,), f'torch:{name[len("torch."):]}', 'a dtype stored as a value')
