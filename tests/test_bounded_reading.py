@@ -28,7 +28,7 @@ import torch
 
 from helpers import MINI, ROOT, load_script, one_line_message
 from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
-from vheat_mm.checkpoint.messages import MAX_SHOWN, shown, shown_keys
+from vheat_mm.checkpoint.messages import MAX_SHOWN, cut, shown, shown_keys
 from vheat_mm.models import VHeat
 
 interpolate = load_script(ROOT / 'interpolate4downstream.py')
@@ -268,3 +268,41 @@ def test_shown_cuts_every_kind_of_value():
     assert shown_keys(['b', 'a']) == "['a', 'b']"
     assert shown_keys(map(str, range(30)), 2) == "['0', '1', ... (30 keys)]"
     assert shown_keys(['b', 'a'], as_list=False) == 'a, b'
+
+
+FORGING_KEYS = ('x\nINFO - all weights loaded OK', 'y\x1b[2J', 'z\u202egnp.exe', 'w' * 10**5)
+
+
+def assert_printable(text: str) -> None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert all(line.isprintable() for line in lines), lines
+    assert all(len(line) < 10**4 for line in lines)
+    assert 'all weights loaded OK' not in [line.partition(' - ')[2] for line in lines]
+
+
+def test_cut_escapes_what_a_terminal_or_a_log_would_act_on():
+    assert cut('a\nb\x1b[2Jc\u202ed\te') == 'a\\nb\\x1b[2Jc\\u202ed\\te'
+    assert cut('plain key') == 'plain key'
+    assert len(cut('\n' * 1000)) == MAX_SHOWN and cut('\n' * 1000).endswith('...')
+    assert shown_keys(['b\n', 'a'], as_list=False) == 'a, b\\n'
+
+
+def test_keys_that_would_forge_a_log_line_are_shown_escaped(tmp_path, state, caplog, capsys):
+    """The load report of load_pretrained and mmengine's list of unexpected keys on
+    VHeatRunner's path show a key holding a newline, a terminal escape or a bidi override
+    escaped, and a long one cut."""
+    path = tmp_path / 'forging.pth'
+    torch.save({'model': {**state, **{key: torch.zeros(1) for key in FORGING_KEYS}}}, path)
+    with caplog.at_level('INFO'):
+        load_pretrained(VHeat(MINI, img_size=64, num_classes=5), path)
+    logged = '\n'.join(record.getMessage() for record in caplog.records)
+    assert 'x\\nINFO - all weights loaded OK' in logged and 'y\\x1b[2J' in logged
+    assert_printable(logged)
+    if importlib.util.find_spec('mmengine') is None:
+        return
+    from vheat_mm.mm.runner import load_checkpoint
+    capsys.readouterr()
+    load_checkpoint(VHeat(MINI, img_size=64, num_classes=5), str(path))
+    printed = ''.join(capsys.readouterr())
+    assert 'y\\x1b[2J' in printed
+    assert_printable(printed)

@@ -15,6 +15,7 @@ import logging
 from typing import Collection, Iterator
 
 from .errors import CheckpointError
+from .messages import shown_path
 
 __all__ = ['MIN_FIT', 'check_fit', 'strict_loading', 'strict_loading_enabled']
 
@@ -49,7 +50,7 @@ def check_fit(source: str, model_keys: Collection[str], checkpoint_keys: Collect
     if not model_keys or (loaded >= MIN_FIT * len(model_keys)
                           and loaded >= MIN_FIT * len(checkpoint_keys)):
         return
-    message = (f'checkpoint {source} fits the model badly: {loaded} of the model\'s '
+    message = (f'checkpoint {shown_path(source)} fits the model badly: {loaded} of the model\'s '
                f'{len(model_keys)} tensors loaded from it, {len(checkpoint_keys) - loaded} of its '
                f'{len(checkpoint_keys)} not used (each should be under {1 - MIN_FIT:.0%})')
     if strict or strict_loading_enabled():

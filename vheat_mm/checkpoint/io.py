@@ -35,7 +35,7 @@ from .archive import ZIP_MAGIC, check_archive
 from .download import cached_download, is_url
 from .errors import CheckpointError
 from .layout import named_weight_entries
-from .messages import cut, shown
+from .messages import cut, shown, shown_path
 from .restricted_pickle import ALLOWED, RefusedCall
 
 __all__ = ['FORCE_WEIGHTS_ONLY', 'check_finite', 'check_string_keys', 'read_checkpoint']
@@ -112,7 +112,7 @@ def read_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     strings, and for weights holding NaN or inf (in any state-dict entry, or a bare state dict).
     """
     path = cached_download(path) if is_url(path) else os.fspath(path)
-    name = name or path
+    name = shown_path(name or path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {name}')
     forced = _torch_forces_weights_only()

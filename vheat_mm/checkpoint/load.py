@@ -12,7 +12,7 @@ from .errors import CheckpointError
 from .fit import check_fit
 from .io import read_checkpoint
 from .layout import find_state_dict, select_prefix
-from .messages import cut, shown_keys
+from .messages import cut, shown_keys, shown_path
 
 __all__ = ['LoadReport', 'load_pretrained']
 
@@ -33,7 +33,7 @@ class LoadReport:
     fit_mode: str = 'bicubic'
 
     def lines(self) -> list[str]:
-        out = [f'loaded vHeat weights from {self.path}: {self.loaded} of the model\'s '
+        out = [f'loaded vHeat weights from {shown_path(self.path)}: {self.loaded} of the model\'s '
                f'{self.total} tensors']
         if self.resized:
             out.append(f'freq_embed fitted ({self.fit_mode}) to the model: '
@@ -75,13 +75,13 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     try:
         converted, resized = fit_state_dict(state_dict, model)
     except ValueError as err:  # e.g. a freq_embed larger than the model's, under 'pad'
-        raise CheckpointError(f'{path}: {err}') from None
+        raise CheckpointError(f'{shown_path(path)}: {err}') from None
     own = model.state_dict()
     mismatched = [f'{cut(k)}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in converted.items() if k in own and v.shape != own[k].shape]
     if mismatched:
         more = f'; ... ({len(mismatched)} tensors)' if len(mismatched) > _KEYS_LISTED else ''
-        raise CheckpointError(f'{path}: tensors that cannot fit the model: '
+        raise CheckpointError(f'{shown_path(path)}: tensors that cannot fit the model: '
                               + '; '.join(mismatched[:_KEYS_LISTED]) + more)
     report = LoadReport(
         path=os.fspath(path),
@@ -94,7 +94,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     )
     check_fit(report.path, own, converted, strict=strict)
     if strict and (report.missing or report.unexpected):
-        raise CheckpointError(f'checkpoint {report.path} does not match the model exactly '
+        raise CheckpointError(f'checkpoint {shown_path(report.path)} does not match the model exactly '
                               f'(strict): ' + '; '.join(report.mismatch_lines()))
     model.load_state_dict({k: v for k, v in converted.items() if k in own}, strict=False)
     for line in report.lines():

@@ -1,4 +1,4 @@
-"""Keys and values of a checkpoint as messages show them: cut to a bounded length.
+"""Keys, values and file names as messages show them: escaped and cut to a bounded length.
 
 A checkpoint is data from anywhere: a key may be a string of megabytes, or a tuple nested
 deep whose parts are shared, so that its full ``repr`` is exponentially long though the file
@@ -13,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-__all__ = ['MAX_KEYS_SHOWN', 'MAX_SHOWN', 'cut', 'shown', 'shown_keys']
+__all__ = ['MAX_KEYS_SHOWN', 'MAX_SHOWN', 'cut', 'shown', 'shown_keys', 'shown_path']
 
 MAX_SHOWN = 120  # characters of one key or value in a message
 MAX_KEYS_SHOWN = 20  # keys listed by shown_keys
@@ -35,8 +35,21 @@ def shown(value: object, limit: int = MAX_SHOWN) -> str:
 
 
 def cut(text: str, limit: int = MAX_SHOWN) -> str:
-    """``text`` itself (no quotes), cut to ``limit`` characters (ending ``...`` where cut)."""
-    return text if len(text) <= limit else text[:max(limit - 3, 0)] + '...'
+    """``text`` itself (no quotes), its characters that are not printable escaped as ``repr``
+    escapes them (newlines, terminal escapes, bidi overrides: a key or a file name cannot
+    forge a log line or change the terminal), cut to ``limit`` characters (ending ``...``
+    where cut). Every key, value and file name that a message or log line shows goes through
+    it (or through :func:`shown`, whose ``repr`` escapes likewise)."""
+    head = text[:limit + 1]  # escaping never shortens: nothing beyond this can be shown
+    if not head.isprintable():
+        head = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in head)
+    return head if len(text) <= limit and len(head) <= limit else head[:max(limit - 3, 0)] + '...'
+
+
+def shown_path(path: object, limit: int = 4 * MAX_SHOWN) -> str:
+    """A file name or URL as messages and log lines show it: :func:`cut`, with a longer
+    limit."""
+    return cut(str(path), limit)
 
 
 def shown_keys(keys: Iterable, limit: int = MAX_KEYS_SHOWN, *, as_list: bool = True) -> str:

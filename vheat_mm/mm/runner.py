@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence, Union
 from mmengine.runner import Runner
 from torch import nn
 
+from ..checkpoint.messages import shown_path
 from .addresses import read_address
 from .state_dict_loading import load_into_model, require_runner_checkpoint
 
@@ -51,7 +52,7 @@ class VHeatRunner(Runner):
         load_into_model(self.model, checkpoint, source=filename, strict=strict,
                         revise_keys=revise_keys)
         self._has_loaded = True
-        self.logger.info(f'Load checkpoint from {filename}')
+        self.logger.info(f'Load checkpoint from {shown_path(filename)}')
         return checkpoint
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import (LAYOUTS, STATE_DICT_ENTRIES, CheckpointError, check_fit, find_layout,
                           is_state_dict, official_to_model)
-from ..checkpoint.messages import shown_keys
+from ..checkpoint.messages import MAX_SHOWN, cut, shown_keys, shown_path
 from ..models import VHeatTrunk, fit_freq_embeds
 
 __all__ = ['LAYOUT_MARK', 'described', 'load_into_model', 'require_runner_checkpoint',
@@ -104,12 +104,17 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
         state_dict = OrderedDict((re.sub(pattern, replacement, k), v)
                                  for k, v in state_dict.items())
     target = unwrapped(model)
-    own = {k: getattr(v, 'shape', None) for k, v in target.state_dict().items()
+    model_state = target.state_dict()
+    own = {k: getattr(v, 'shape', None) for k, v in model_state.items()
            if not k.endswith(_COUNTERS)}
     converted, how = official_to_model(state_dict, list(own))
     if how is not None:
-        _logger.info("%s: official vHeat keys loaded as the model's (%s)", source, how)
-    converted = OrderedDict(converted)
+        _logger.info("%s: official vHeat keys loaded as the model's (%s)", shown_path(source),
+                     how)
+    # mmengine logs the keys the model does not take as they are: shown escaped and cut
+    converted = OrderedDict(
+        (k if k in model_state or not isinstance(k, str) else cut(k, 4 * MAX_SHOWN), v)
+        for k, v in converted.items())
     if metadata is not None:
         converted._metadata = metadata
     load_state_dict(model, converted, strict)
