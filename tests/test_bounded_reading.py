@@ -231,28 +231,64 @@ def test_a_pickle_of_shared_parts_nested_deep_is_refused_before_unpickling(tmp_p
                         one_line_message(error))
 
 
-def write_repeats(path: Path, value: float) -> None:
-    """A file of 1 kB whose tensor of 2**40 elements repeats one stored ``value`` (checking each
-    element would ask for a terabyte)."""
-    torch.save({'model': {'weight': torch.full((1,), value).expand(2**20, 2**20)}}, path)
+def write_repeats(path: Path, value: float, shape: tuple[int, ...]) -> int:
+    """A file of about 1 kB whose tensor of ``shape`` repeats one stored ``value`` (an expanded
+    view, stride 0); returns the file's size."""
+    torch.save({'model': {'weight': torch.full((1,), value).expand(*shape)}}, path)
     assert path.stat().st_size < 4096
+    return path.stat().st_size
 
 
-def test_a_tensor_repeating_its_stored_value_is_read_as_it_is(tmp_path):
+def test_a_tensor_repeating_its_stored_value_within_the_files_size_is_read_as_it_is(tmp_path):
     path = tmp_path / 'repeats.pth'
-    write_repeats(path, 0.5)
+    write_repeats(path, 0.5, (16, 16))
     weight = read_checkpoint(path)['model']['weight']
-    assert weight.shape == (2**20, 2**20) and weight.stride() == (0, 0) and weight[7, 9] == 0.5
+    assert weight.shape == (16, 16) and weight.stride() == (0, 0) and weight[7, 9] == 0.5
+
+
+@pytest.mark.parametrize('how', PATHS)
+def test_a_tensor_declaring_more_than_its_storage_and_the_file_is_refused(tmp_path, how):
+    """2**40 elements of one stored value: refused before anything reads or copies it (it
+    would ask for 4 TiB), naming the file and the key."""
+    path = tmp_path / 'repeats.pth'
+    write_repeats(path, 0.5, (2**20, 2**20))
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    assert one_line_message(error) == (
+        f"refusing to load {path}: tensor ['model']['weight'] (1048576, 1048576) declares "
+        f"4398046511104 bytes, but its storage holds 4 (an expanded view of a few values: a copy "
+        f"of it would allocate them all)")
+
+
+def test_tensors_declaring_more_than_the_bound_in_all_are_refused_until_it_is_raised(
+        tmp_path, state, monkeypatch):
+    path = tmp_path / 'model.pth'
+    torch.save({'model': state}, path)
+    declared = sum(t.numel() * t.element_size() for t in state.values())
+    monkeypatch.setenv('VHEAT_MM_MAX_CHECKPOINT_BYTES', str(declared - 1))
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert one_line_message(error).startswith(
+        f'refusing to load {path}: its tensors declare more than {declared - 1} bytes in all (at '
+        f"['model']")
+    assert one_line_message(error).endswith(
+        'set VHEAT_MM_MAX_CHECKPOINT_BYTES to a larger number of bytes to read it')
+    monkeypatch.setenv('VHEAT_MM_MAX_CHECKPOINT_BYTES', str(declared))
+    assert read_checkpoint(path)['model'].keys() == state.keys()
+    monkeypatch.setenv('VHEAT_MM_MAX_CHECKPOINT_BYTES', 'lots')
+    with pytest.raises(ValueError, match="VHEAT_MM_MAX_CHECKPOINT_BYTES must be a positive "
+                                         "number of bytes, got 'lots'"):
+        read_checkpoint(path)
 
 
 @pytest.mark.parametrize('how', PATHS)
 def test_a_tensor_repeating_a_stored_nan_is_refused(tmp_path, how):
     path = tmp_path / 'repeats.pth'
-    write_repeats(path, float('nan'))
+    write_repeats(path, float('nan'), (16, 16))
     with pytest.raises(CheckpointError) as error:
         read_by(str(path), how)
     assert one_line_message(error) == (
-        f"refusing to load {path}: tensor 'weight' (1048576, 1048576) holds 1 NaN or inf value "
+        f"refusing to load {path}: tensor 'weight' (16, 16) holds 1 NaN or inf value "
         f"(a diverged run or a damaged file?)")
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -35,11 +35,17 @@ from .archive import ZIP_MAGIC, check_archive
 from .download import cached_download, is_url
 from .errors import CheckpointError
 from .layout import named_weight_entries
-from .messages import cut, shown, shown_path
+from .messages import MAX_SHOWN, cut, shown, shown_path
 from .restricted_pickle import ALLOWED, RefusedCall
 
-__all__ = ['FORCE_WEIGHTS_ONLY', 'check_finite', 'check_string_keys', 'read_checkpoint']
+__all__ = ['DEFAULT_MAX_DECLARED_BYTES', 'FORCE_WEIGHTS_ONLY', 'MAX_DECLARED_BYTES_VARIABLE',
+           'check_declared_sizes', 'check_finite', 'check_string_keys', 'max_declared_bytes',
+           'read_checkpoint']
 
+#: The variable that sets :func:`max_declared_bytes`, and its default (16 GiB: vHeat-B with its
+#: optimizer state declares about 1 GiB).
+MAX_DECLARED_BYTES_VARIABLE = 'VHEAT_MM_MAX_CHECKPOINT_BYTES'
+DEFAULT_MAX_DECLARED_BYTES = 16 * 2**30
 # torch's variable that makes every torch.load use its weights-only unpickler (torch >= 2.1).
 FORCE_WEIGHTS_ONLY = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
 _PICKLE_START = b'\x80'  # pickle's PROTO opcode: how a file in torch's legacy format starts
@@ -134,9 +140,65 @@ def read_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'{name} holds a {type(checkpoint).__name__}, not a dict of tensors')
     check_string_keys(checkpoint, name)
+    check_declared_sizes(checkpoint, name, os.path.getsize(path))
     for _, state_dict in named_weight_entries(checkpoint):
         check_finite(state_dict, name)
     return dict(checkpoint)
+
+
+def max_declared_bytes() -> int:
+    """The most bytes the tensors of one checkpoint may declare in all (their shapes times their
+    element sizes): :data:`MAX_DECLARED_BYTES_VARIABLE` where it is set, else
+    :data:`DEFAULT_MAX_DECLARED_BYTES`."""
+    text = os.environ.get(MAX_DECLARED_BYTES_VARIABLE)
+    if text is None:
+        return DEFAULT_MAX_DECLARED_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ValueError(f'{MAX_DECLARED_BYTES_VARIABLE} must be a positive number of bytes, got '
+                         f'{shown(text)}')
+    return value
+
+
+def check_declared_sizes(checkpoint: Mapping, source: str, file_bytes: int) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the key where a tensor of
+    ``checkpoint`` declares more bytes than its storage holds by more than the file's size (an
+    expanded view, stride 0: a small file can describe a tensor of any size, which any copy
+    would allocate), or where the tensors declare more than :func:`max_declared_bytes` in all."""
+    limit, total = max_declared_bytes(), 0
+    for key, tensor in _named_tensors(checkpoint):
+        declared = tensor.numel() * tensor.element_size()
+        stored = tensor.untyped_storage().nbytes()
+        if declared > stored + file_bytes:
+            raise CheckpointError(
+                f'refusing to load {source}: tensor {key} {tuple(tensor.shape)} declares '
+                f'{declared} bytes, but its storage holds {stored} (an expanded view of a few '
+                f'values: a copy of it would allocate them all)')
+        total += declared
+        if total > limit:
+            raise CheckpointError(
+                f'refusing to load {source}: its tensors declare more than {limit} bytes in all '
+                f'(at {key}); set {MAX_DECLARED_BYTES_VARIABLE} to a larger number of bytes to '
+                f'read it')
+
+
+def _named_tensors(value: object, name: str = '', seen: set | None = None
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in the containers of ``value`` (each container once), with its place as
+    messages show it (``['model']['w']``)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, torch.Tensor):
+        yield cut(name, 4 * MAX_SHOWN), value
+        return
+    if not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+        return
+    seen.add(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        yield from _named_tensors(item, f'{name}[{shown(key)}]', seen)
 
 
 def _check_format(path: str, name: str) -> None:
