@@ -85,26 +85,41 @@ def test_two_ranks_download_once(served, tmp_path):
 
 # ----------------------------------------------------------------------------- a server to vary
 class Server:
-    """Serves ``files`` (URL path -> bytes) on 127.0.0.1 with their Content-Length; ``cut`` (URL
-    path -> n) closes the connection after n bytes, ``types`` sets a Content-Type."""
+    """Serves ``files`` (URL path -> bytes, whatever the query) on 127.0.0.1 with their
+    Content-Length; ``cut`` (URL path -> n) closes the connection after n bytes, ``types`` sets a
+    Content-Type, ``drip`` (URL path -> s) sends one byte every s seconds, and a path in
+    ``no_length`` is sent without Content-Length (until the connection closes)."""
 
     def __init__(self):
         self.files, self.cut, self.types, self.counts = {}, {}, {}, Counter()
+        self.drip, self.no_length = {}, set()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                outer.counts[self.path] += 1
-                body = outer.files.get(self.path)
+                path = self.path.partition('?')[0]
+                outer.counts[path] += 1
+                body = outer.files.get(path)
                 if body is None:
                     self.send_error(404)
                     return
                 self.send_response(200)
                 self.send_header('Content-Type',
-                                 outer.types.get(self.path, 'application/octet-stream'))
-                self.send_header('Content-Length', str(len(body)))
+                                 outer.types.get(path, 'application/octet-stream'))
+                if path not in outer.no_length:
+                    self.send_header('Content-Length', str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[:outer.cut.get(self.path, len(body))])
+                body = body[:outer.cut.get(path, len(body))]
+                try:
+                    if path in outer.drip:
+                        for index in range(len(body)):
+                            self.wfile.write(body[index:index + 1])
+                            self.wfile.flush()
+                            time.sleep(outer.drip[path])
+                    else:
+                        self.wfile.write(body)
+                except OSError:  # the client gave up
+                    pass
                 self.close_connection = True
 
             def log_message(self, *args):
@@ -280,3 +295,93 @@ def test_a_cached_file_without_record_is_used_if_it_reads(server, tmp_path, monk
     (cache / 'vHeat_tiny.pth').write_bytes(body[:len(body) // 3])
     assert _value(cached_download(PRETRAINED_URLS['tiny'], str(cache))) == 1.0
     assert server.counts['/vheatcls/vHeat_tiny.pth'] == 1
+
+
+def test_a_download_that_passes_its_deadline_is_stopped_and_not_kept(server, tmp_path,
+                                                                     monkeypatch):
+    """One byte every 0.2 s never stalls a read for the per-read timeout, but the whole
+    transfer has a deadline."""
+    server.files['/slow.pth'], server.drip['/slow.pth'] = _checkpoint(1.0), 0.2
+    monkeypatch.setenv('VHEAT_MM_DOWNLOAD_DEADLINE_S', '1')
+    cache, url = tmp_path / 'cache', server.url('/slow.pth')
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as error:
+        cached_download(url, str(cache))
+    assert time.monotonic() - start < 10
+    assert re.fullmatch(rf'{re.escape(url)}: the download passed its deadline of 1 s after \d+ '
+                        r'bytes \(set VHEAT_MM_DOWNLOAD_DEADLINE_S to allow more\); the partial '
+                        r'file was not kept', str(error.value))
+    assert list(cache.iterdir()) == []
+
+
+def test_the_deadline_follows_the_size_and_the_variables(monkeypatch):
+    assert download.download_bounds(100_000_000) == (240.0, 100_000_000)
+    assert download.download_bounds(None) == (60 + 180 * 4 * 2**30 / 100e6, 4 * 2**30)
+    monkeypatch.setenv('VHEAT_MM_DOWNLOAD_DEADLINE_S', '30')
+    monkeypatch.setenv('VHEAT_MM_DOWNLOAD_MAX_BYTES', '1000')
+    assert download.download_bounds(None) == (30.0, 1000)
+    assert download.download_bounds(5000) == (30.0, 5000)  # Content-Length is the bound
+    monkeypatch.setenv('VHEAT_MM_DOWNLOAD_DEADLINE_S', '-1')
+    with pytest.raises(ValueError, match="VHEAT_MM_DOWNLOAD_DEADLINE_S must be a positive "
+                                         "number, got '-1'"):
+        download.download_bounds(None)
+
+
+def test_a_body_without_length_beyond_the_bound_is_stopped_and_not_kept(server, tmp_path,
+                                                                        monkeypatch):
+    body = _checkpoint(1.0)
+    server.files['/endless.pth'] = body
+    server.no_length.add('/endless.pth')
+    monkeypatch.setenv('VHEAT_MM_DOWNLOAD_MAX_BYTES', str(len(body) - 1))
+    cache, url = tmp_path / 'cache', server.url('/endless.pth')
+    with pytest.raises(CheckpointError) as error:
+        cached_download(url, str(cache))
+    assert str(error.value) == (
+        f'{url}: the server sent more than {len(body) - 1} bytes, the most read without a '
+        f'Content-Length (set VHEAT_MM_DOWNLOAD_MAX_BYTES to read more); the partial file was '
+        f'not kept')
+    assert list(cache.iterdir()) == []
+    monkeypatch.setenv('VHEAT_MM_DOWNLOAD_MAX_BYTES', str(len(body)))
+    assert _value(cached_download(url, str(cache))) == 1.0
+
+
+def test_a_temporary_file_of_a_killed_download_is_removed_by_the_next(server, tmp_path):
+    """SIGTERM or SIGKILL leave the temporary file; the next download of that file removes it
+    where its process is gone, and leaves another file's and a live process's."""
+    import subprocess
+    import sys
+
+    server.files['/w.pth'] = _checkpoint(1.0)
+    cache, url = tmp_path / 'cache', server.url('/w.pth')
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    cached = Path(cached_download(url, str(tmp_path / 'probe'))).name  # the cache's file name
+    host = download.temporary_files.__globals__['_encode_host'](
+        download.temporary_files.__globals__['this_host']())
+    leftover = cache / f'.{cached}.{host}.{pid}.0123456789abcdef.tmp'
+    alive = cache / f'.{cached}.{host}.{os.getppid()}.0123456789abcdef.tmp'
+    other = cache / f'.other.pth.{host}.{pid}.0123456789abcdef.tmp'
+    for path in (leftover, alive, other):
+        path.write_bytes(b'partial')
+    assert _value(cached_download(url, str(cache))) == 1.0
+    assert not leftover.exists() and alive.exists() and other.exists()
+
+
+def test_no_secret_of_the_url_reaches_the_record_or_the_log(server, tmp_path, caplog):
+    server.files['/w.pth'] = _checkpoint(1.0)
+    assert download.shown_url('https://user:PASSWORD@example.org:8443/w.pth?token=SECRET#x') \
+        == 'https://example.org:8443/w.pth (query not shown)'
+    url = server.url('/w.pth') + '?token=SECRET'
+    with caplog.at_level('INFO', logger='vheat_mm'):
+        path = cached_download(url, str(tmp_path / 'cache'))
+    record = Path(f'{path}.sha256').read_text()
+    logged = '\n'.join(r.getMessage() for r in caplog.records)
+    assert '/w.pth (query not shown)' in record and '/w.pth (query not shown)' in logged
+    assert 'SECRET' not in record and 'SECRET' not in logged and 'SECRET' not in path
+    server.files['/w.pth'] = b'<html>changed</html>'
+    Path(path).unlink()
+    with pytest.raises(CheckpointError) as error:
+        cached_download(url, str(tmp_path / 'cache'))
+    assert 'SECRET' not in str(error.value)

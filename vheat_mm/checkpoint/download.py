@@ -7,6 +7,7 @@ import http.client
 import logging
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,8 +15,9 @@ from typing import NamedTuple
 
 import torch
 
-from .atomic import replaced_atomically
+from .atomic import replaced_atomically, temporary_files
 from .errors import CheckpointError
+from .messages import cut, shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,50 @@ _STAT = ('size', 'mtime_ns', 'ctime_ns', 'ino')  # recorded with the digest
 _COARSE_NS = 2_000_000_000
 _TIMEOUT_S = 60  # how long a stalled connection may stay silent
 _BLOCK = 1 << 20
+
+#: Variables that set a download's bounds (:func:`download_bounds`), and their defaults: the
+#: most seconds a download may take in all (by default 60 s, plus 180 s per 100 MB expected),
+#: and the most bytes of a body whose server sends no Content-Length.
+DEADLINE_VARIABLE = 'VHEAT_MM_DOWNLOAD_DEADLINE_S'
+MAX_BYTES_VARIABLE = 'VHEAT_MM_DOWNLOAD_MAX_BYTES'
+_DEADLINE_BASE_S, _DEADLINE_PER_100MB_S = 60, 180
+DEFAULT_MAX_BYTES = 4 * 2**30
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages, log lines and records show it: without its user information, query
+    and fragment (where tokens and passwords travel), escaped and cut."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ''
+    if parts.port is not None:
+        host = f'{host}:{parts.port}'
+    hidden = ' (query not shown)' if parts.query else ''
+    return shown_path(urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))) + hidden
+
+
+def _positive_number(variable: str, default: float) -> float:
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float('inf'):
+        raise ValueError(f'{variable} must be a positive number, got {cut(text)!r}')
+    return value
+
+
+def download_bounds(content_length: int | None) -> tuple[float, int]:
+    """The deadline in seconds and the most bytes of a download whose server announces
+    ``content_length`` bytes (None: no Content-Length): :data:`DEADLINE_VARIABLE` and
+    :data:`MAX_BYTES_VARIABLE` where they are set. A body is never read beyond its
+    Content-Length."""
+    max_bytes = int(_positive_number(MAX_BYTES_VARIABLE, DEFAULT_MAX_BYTES))
+    expected = content_length if content_length is not None else max_bytes
+    deadline = _positive_number(
+        DEADLINE_VARIABLE, _DEADLINE_BASE_S + _DEADLINE_PER_100MB_S * expected / 100e6)
+    return deadline, max_bytes if content_length is None else content_length
 
 
 def cached_download(url: str, model_dir: str | None = None, *, sha256: str | None = None) -> str:
@@ -73,7 +119,7 @@ def cached_download(url: str, model_dir: str | None = None, *, sha256: str | Non
     model_dir = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
     filename = os.path.basename(urllib.parse.urlparse(url).path)
     if not filename:
-        raise CheckpointError(f'cannot name a file after the URL {url}')
+        raise CheckpointError(f'cannot name a file after the URL {shown_url(url)}')
     in_name = _HASH_IN_NAME.search(filename)
     if url not in PRETRAINED_URLS.values() and in_name is None:
         stem, ext = os.path.splitext(filename)
@@ -127,64 +173,97 @@ def _check_cached(url: str, cached: str, expected: str | None, record: _Record |
         problem = (f'its sha256 is {digest}, not the expected {expected}...'
                    if expected and not digest.startswith(expected) else _read_error(cached))
         if problem:
-            logger.warning('%s: %s; downloading %s again', cached, problem, url)
+            logger.warning('%s: %s; downloading %s again', shown_path(cached), problem,
+                           shown_url(url))
             return False
     elif digest != record.sha256:
-        raise CheckpointError(f'{cached} was changed after it was downloaded from {url}: its '
-                              f'sha256 is {digest}, not the {record.sha256} recorded in '
+        raise CheckpointError(f'{cached} was changed after it was downloaded from '
+                              f'{shown_url(url)}: its sha256 is {digest}, not the '
+                              f'{record.sha256} recorded in '
                               f'{cached}.sha256; delete {cached} to download it again')
     elif expected and not digest.startswith(expected):
-        raise CheckpointError(f'{cached} (downloaded from {url}) has sha256 {digest}, not the '
-                              f'expected {expected}...; delete {cached} to download it again')
+        raise CheckpointError(f'{cached} (downloaded from {shown_url(url)}) has sha256 {digest}, '
+                              f'not the expected {expected}...; delete {cached} to download it '
+                              f'again')
     if stat is not None:
         _write_record(cached, digest, stat, url)
     return True
 
 
 def _download(url: str, cached: str, expected: str | None, recorded: str | None) -> None:
-    logger.info('downloading %s to %s', url, cached)
+    _remove_leftovers(cached)
+    logger.info('downloading %s to %s', shown_url(url), shown_path(cached))
     try:
         with replaced_atomically(cached) as tmp:
             digest, content_type = _transfer(url, tmp)
             if expected and not digest.startswith(expected):
-                raise CheckpointError(f'{url}: the downloaded file\'s sha256 is {digest}, not the '
-                                      f'expected {expected}...; it was not kept')
+                raise CheckpointError(f'{shown_url(url)}: the downloaded file\'s sha256 is '
+                                      f'{digest}, not the expected {expected}...; it was not kept')
             if recorded and digest != recorded:
                 raise CheckpointError(
-                    f'{url}: the server now sends a file with sha256 {digest}, not the '
+                    f'{shown_url(url)}: the server now sends a file with sha256 {digest}, not the '
                     f'{recorded} recorded in {cached}.sha256 when it was first downloaded; it was '
                     f'not kept (delete that record to accept the new file)')
             problem = _read_error(tmp)
             if problem:
                 sent = f' (the server sent {content_type})' if content_type.startswith('text/') \
                     else ''
-                raise CheckpointError(f'{problem.replace(tmp, url)}{sent}; it was not kept')
+                raise CheckpointError(f'{problem.replace(tmp, shown_url(url))}{sent}; it was not '
+                                      f'kept')
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        raise CheckpointError(f'cannot download {url}: {err}') from err
+        raise CheckpointError(f'cannot download {shown_url(url)}: {cut(str(err))}') from err
     _write_record(cached, digest, _stat(os.stat(cached)), url)
+
+
+def _remove_leftovers(cached: str) -> None:
+    """Remove the temporary files of earlier downloads of ``cached`` whose process is gone
+    (killed, by SIGTERM or SIGKILL, while downloading); those of other processes alive, or of
+    this one (another thread may be downloading), are left."""
+    directory = os.path.dirname(cached) or '.'
+    prefix = f'.{os.path.basename(cached)}.'
+    for file in temporary_files(directory):
+        if os.path.basename(file.path).startswith(prefix) and file.pid not in (None, os.getpid()) \
+                and file.kept_because(None) is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(file.path)
+                logger.info('removed %s, left by an interrupted download', shown_path(file.path))
 
 
 def _transfer(url: str, path: str) -> tuple[str, str]:
     """Write ``url``'s body to the new file ``path``; its sha256 and Content-Type. Raises for a
-    body shorter than its Content-Length (http.client just stops reading)."""
+    body shorter than its Content-Length (http.client just stops reading), one longer than it
+    or than :data:`MAX_BYTES_VARIABLE` where there is none, and a transfer that passes its
+    deadline (:func:`download_bounds`); each read waits at most :data:`_TIMEOUT_S` seconds."""
     request = urllib.request.Request(url, headers={'User-Agent': 'vheat_mm'})
-    digest, received = hashlib.sha256(), 0
+    digest, received, start = hashlib.sha256(), 0, time.monotonic()
     with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, \
             open(path, 'xb') as file, _progress_bar(response.headers) as bar:
-        while True:
-            block = response.read(_BLOCK)
-            if not block:
-                break
-            file.write(block)
-            digest.update(block)
-            received += len(block)
-            if bar is not None:
-                bar.update(len(block))
         length = response.headers.get('Content-Length', '')
         content_type = response.headers.get('Content-Type', '')
+        deadline, max_bytes = download_bounds(int(length) if length.isdigit() else None)
+        while True:
+            block = response.read1(_BLOCK)  # what one read of the socket gives, not a full block
+            if not block:
+                break
+            received += len(block)
+            if received > max_bytes:
+                bound = (f'its Content-Length, {length} bytes' if length.isdigit() else
+                         f'{max_bytes} bytes, the most read without a Content-Length (set '
+                         f'{MAX_BYTES_VARIABLE} to read more)')
+                raise CheckpointError(f'{shown_url(url)}: the server sent more than {bound}; '
+                                      f'the partial file was not kept')
+            file.write(block)
+            digest.update(block)
+            if bar is not None:
+                bar.update(len(block))
+            if time.monotonic() - start > deadline:
+                raise CheckpointError(
+                    f'{shown_url(url)}: the download passed its deadline of {deadline:.0f} s '
+                    f'after {received} bytes (set {DEADLINE_VARIABLE} to allow more); the '
+                    f'partial file was not kept')
     if length.isdigit() and received != int(length):
-        raise CheckpointError(f'{url}: the transfer stopped after {received} of its {length} '
-                              f'bytes (Content-Length); the partial file was not kept')
+        raise CheckpointError(f'{shown_url(url)}: the transfer stopped after {received} of its '
+                              f'{length} bytes (Content-Length); the partial file was not kept')
     return digest.hexdigest(), content_type
 
 
@@ -244,7 +323,7 @@ def _read_record(cached: str) -> _Record | None:
 def _write_record(cached: str, digest: str, stat: tuple[int, ...], url: str) -> None:
     text = (f'{digest}  {os.path.basename(cached)}\n'
             f'# stat {" ".join(f"{name}={value}" for name, value in zip(_STAT, stat))}\n'
-            f'# from {url}\n')
+            f'# from {shown_url(url)}\n')
     try:
         with replaced_atomically(f'{cached}.sha256') as tmp, \
                 open(tmp, 'x', encoding='utf-8') as file:

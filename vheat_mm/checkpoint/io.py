@@ -32,7 +32,7 @@ import torch
 
 from . import restricted_pickle
 from .archive import ZIP_MAGIC, check_archive
-from .download import cached_download, is_url
+from .download import cached_download, is_url, shown_url
 from .errors import CheckpointError
 from .layout import named_weight_entries
 from .messages import MAX_SHOWN, cut, shown, shown_path
@@ -117,8 +117,9 @@ def read_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     allow, or a zip archive that ``torch.save`` cannot have written), for keys that are not
     strings, and for weights holding NaN or inf (in any state-dict entry, or a bare state dict).
     """
+    name = name or path
+    name = shown_url(name) if is_url(name) else shown_path(name)
     path = cached_download(path) if is_url(path) else os.fspath(path)
-    name = shown_path(name or path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {name}')
     forced = _torch_forces_weights_only()

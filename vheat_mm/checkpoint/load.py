@@ -94,8 +94,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     )
     check_fit(report.path, own, converted, strict=strict)
     if strict and (report.missing or report.unexpected):
-        raise CheckpointError(f'checkpoint {shown_path(report.path)} does not match the model exactly '
-                              f'(strict): ' + '; '.join(report.mismatch_lines()))
+        raise CheckpointError(f'checkpoint {shown_path(report.path)} does not match the model '
+                              f'exactly (strict): ' + '; '.join(report.mismatch_lines()))
     model.load_state_dict({k: v for k, v in converted.items() if k in own}, strict=False)
     for line in report.lines():
         logger.info(line)
