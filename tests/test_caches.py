@@ -10,9 +10,10 @@ import threading
 
 import pytest
 import torch
+from torch import nn
 
 from helpers import MINI
-from vheat_mm.models import TensorCache, VHeatFeatures
+from vheat_mm.models import TensorCache, VHeat, VHeatFeatures
 
 MiB = 2**20
 
@@ -277,3 +278,55 @@ def test_threads_sharing_one_model_at_many_sizes_with_eviction_get_one_threads_o
         with torch.no_grad():
             assert all(torch.equal(a, b) for a, b in zip(copied(inputs[sizes[0]]),
                                                           expected[sizes[0]]))
+
+
+def _deployed_pair():
+    torch.manual_seed(0)
+    model = VHeat(MINI, img_size=64, num_classes=5).eval()
+    other = VHeat(MINI, img_size=64, num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = other(x)
+    model.switch_to_deploy()
+    return model, other, x, expected
+
+
+def test_a_deployed_model_folds_again_for_the_weights_it_loads(caplog):
+    model, other, x, expected = _deployed_pair()
+    with caplog.at_level('INFO', logger='vheat_mm'):
+        model.load_state_dict(other.state_dict())
+    assert model.deploy and not any(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    assert 'VHeat: deployed, decay^k folded again for the loaded weights' in caplog.messages
+
+
+@pytest.mark.parametrize('change', ['functional_call', 'assignment', 'in place'])
+def test_a_deployed_model_refuses_weights_it_has_not_folded(change):
+    model, other, x, _ = _deployed_pair()
+    message = (r'VHeat is deployed, and its weights changed after switch_to_deploy\(\) '
+               r'\(functional_call, an assignment or an in-place edit\): its folded decay\^k '
+               r'would not follow them; call switch_to_deploy\(\) again')
+    with torch.no_grad(), pytest.raises(RuntimeError, match=message):
+        if change == 'functional_call':
+            torch.func.functional_call(model, dict(other.named_parameters()), (x,))
+        else:
+            if change == 'assignment':
+                model.freq_embed[1] = nn.Parameter(other.freq_embed[1].detach().clone())
+            else:
+                model.layers[0].blocks[0].op.to_k[0].weight.add_(1.0)
+            model(x)
+    model.switch_to_deploy()  # folded again: runs
+    with torch.no_grad():
+        model(x)
+
+
+def test_training_a_deployed_model_raises_naming_train():
+    model, _, x, _ = _deployed_pair()
+    model.requires_grad_(True)
+    with pytest.raises(RuntimeError, match=r'VHeat is deployed \(decay\^k folded, no gradient '
+                                           r'reaches freq_embed or to_k\): call train\(\)'):
+        model(x).sum().backward()
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

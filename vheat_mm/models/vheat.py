@@ -23,10 +23,10 @@ import torch.fx
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from ..compat import register_load_state_dict_pre_hook
+from ..compat import is_compiling, register_load_state_dict_pre_hook
 from .heat import pad_freq_embed, resize_freq_embed
 from .heat_operator import HeatConductionOperator, HeatContext, TensorCache, build_heat_context
-from ..policy import may_overwrite, observed_by_hooks
+from ..policy import is_traced, may_overwrite, observed_by_hooks
 from .layers import Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem, drop_path
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
@@ -218,6 +218,14 @@ def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequ
     return lines
 
 
+def _refold_loaded_weights(module: nn.Module, _incompatible_keys) -> None:
+    """A deployed trunk folds decay^k again for the weights just loaded into it."""
+    if module.deploy:
+        module.switch_to_deploy()
+        logger.info('%s: deployed, decay^k folded again for the loaded weights',
+                    type(module).__name__)
+
+
 def _fit_loaded_freq_embeds(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
     """load_state_dict pre-hook of the trunk: fit freq_embeds of another resolution, logged."""
     for line in fit_freq_embeds(state_dict, prefix, module.freq_embed, module.freq_embed_fit):
@@ -283,9 +291,11 @@ class VHeatTrunk(nn.Module):
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
         register_load_state_dict_pre_hook(self, _fit_loaded_freq_embeds)
+        self.register_load_state_dict_post_hook(_refold_loaded_weights)
         self.heat_cache = TensorCache()
         self.deploy = False
         self._trainable_before_deploy: dict[str, bool] = {}
+        self._folded_from: list[tuple[Tensor, int]] = []  # the folded weights and versions
         self.with_cp = with_cp
         self.check_finite = bool(check_finite)
         _align_with_gradient_layout(self)
@@ -361,6 +371,8 @@ class VHeatTrunk(nn.Module):
         modules (:func:`~vheat_mm.policy.observed_by_hooks`).
         """
         x = self._checked_finite(check_images(x, self.in_channels, self.total_stride), None)
+        if self.deploy and not is_compiling() and not is_traced(x):
+            self._check_deployed_weights()
         with observed_by_hooks(self):
             x = self.patch_embed(x)
             outs = []
@@ -379,7 +391,10 @@ class VHeatTrunk(nn.Module):
         folded on first use, so the deploy form works at every input size.
 
         The deployed model, eager, compiled or exported (``torch.onnx.export`` /
-        ``torch.export``), reads these tensors without comparing them with the weights: call
+        ``torch.export``), reads these tensors without comparing their values with the weights.
+        ``load_state_dict`` folds them again for the loaded weights; in eager mode, weights
+        replaced (``torch.func.functional_call``, an assignment) or changed in place since, or
+        a forward that would train them, raise a RuntimeError at the next forward: call
         ``switch_to_deploy()`` again after changing the weights. ``train()`` (or
         :meth:`switch_to_train`) returns to the trainable form. At a size whose
         tensors are not folded yet, the compiled graph or exported program computes them
@@ -399,6 +414,30 @@ class VHeatTrunk(nn.Module):
                 block.op.attenuation(ctx)
         self.requires_grad_(False)
         self.eval()
+        self._folded_from = [(t, t._version) for t in self._folded_weights()]
+
+    def _folded_weights(self) -> list[Tensor]:
+        """The weights the deploy form folds: each stage's freq_embed and each HCO's to_k."""
+        return [*self.freq_embed, *(t for block in self.blocks()
+                                    for t in (block.op.to_k[0].weight, block.op.to_k[0].bias))]
+
+    def _check_deployed_weights(self) -> None:
+        """Raise a RuntimeError where the deployed model's folded tensors no longer follow its
+        weights (replaced, as ``torch.func.functional_call`` or an assignment does, or changed
+        in place), or where it would be trained (a folded weight requires grad)."""
+        current = self._folded_weights()
+        if len(current) != len(self._folded_from) or any(
+                now is not then or now._version != version
+                for now, (then, version) in zip(current, self._folded_from)):
+            raise RuntimeError(
+                f'{type(self).__name__} is deployed, and its weights changed after '
+                f'switch_to_deploy() (functional_call, an assignment or an in-place edit): its '
+                f'folded decay^k would not follow them; call switch_to_deploy() again, or train() '
+                f'(or switch_to_train()) to use the weights as they are')
+        if torch.is_grad_enabled() and any(t.requires_grad for t in current):
+            raise RuntimeError(
+                f'{type(self).__name__} is deployed (decay^k folded, no gradient reaches '
+                f'freq_embed or to_k): call train() (or switch_to_train()) before training it')
 
     def switch_to_train(self) -> None:
         """Undo :meth:`switch_to_deploy`: drop the folded tensors, so that decay^k follows the
@@ -411,6 +450,7 @@ class VHeatTrunk(nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(self._trainable_before_deploy.get(name, True))
         self._trainable_before_deploy = {}
+        self._folded_from = []
         logger.info('%s: left the deploy form; decay^k follows the weights again',
                     type(self).__name__)
 
