@@ -191,12 +191,17 @@ DAMAGED_FILES = {
     'zip_not_torch': 'a zip archive without data.pkl, not written by torch.save (it holds '
                      'notes.txt, weights.bin)',
     'empty': 'the file is empty; expected a complete file written by torch.save',
+    # never opened: a FIFO would block the read, /dev/zero never ends
+    'directory': 'it is a directory, not a file written by torch.save',
+    'fifo': 'it is a FIFO (named pipe), not a file written by torch.save',
+    'link_to_dev_zero': 'it is a device (a link to /dev/zero), not a file written by torch.save',
 }
 
 
 def write_damaged_checkpoint(path: Path, kind: str, checkpoint: dict) -> None:
     """Write a file of one of the :data:`DAMAGED_FILES` kinds to ``path``: ``checkpoint`` saved
-    and cut short, random bytes, a zip archive that torch.save did not write, or nothing."""
+    and cut short, random bytes, a zip archive that torch.save did not write, nothing, or in
+    place of a file a directory, a FIFO or a link to /dev/zero."""
     import zipfile
     if kind == 'truncated':
         torch.save(checkpoint, path)
@@ -210,5 +215,11 @@ def write_damaged_checkpoint(path: Path, kind: str, checkpoint: dict) -> None:
             archive.writestr('weights.bin', bytes(64))
     elif kind == 'empty':
         path.write_bytes(b'')
+    elif kind == 'directory':
+        path.mkdir()
+    elif kind == 'fifo':
+        os.mkfifo(path)
+    elif kind == 'link_to_dev_zero':
+        path.symlink_to('/dev/zero')
     else:
         raise ValueError(f'unknown kind {kind!r}; choose one of {sorted(DAMAGED_FILES)}')

@@ -246,6 +246,41 @@ def test_invalid_backbone_arguments(keywords, message):
         VHeatFeatures(MINI, **{'img_size': 64, **keywords})
 
 
+MLP_RULE = ('arch mlp_ratio must be a number that gives every MLP at least one hidden channel '
+            '(int(width * mlp_ratio) >= 1 for widths (8, 16, 32, 64)), got ')
+
+
+@pytest.mark.parametrize('keywords, error, message', [
+    (dict(img_size=224.0), TypeError, 'img_size must be an int, got 224.0 (float)'),
+    (dict(in_channels=0), ValueError, 'in_channels must be at least 1, got 0'),
+    (dict(in_channels=True), TypeError, 'in_channels must be an int, got True (bool)'),
+    (dict(num_classes=2.5), TypeError, 'num_classes must be an int, got 2.5 (float)'),
+    (dict(num_classes=-1), ValueError, 'num_classes must be at least 0, got -1'),
+    (dict(drop_path_rate='0.1'), TypeError, "drop_path_rate must be a number, got '0.1'"),
+    (dict(arch=dict(MINI, dims=8.5)), TypeError,
+     'arch needs depths as a sequence of ints and dims as an int or a sequence of ints, got '
+     'depths=(1, 1, 2, 1), dims=8.5'),
+    (dict(arch=dict(MINI, mlp_ratio=-1)), ValueError, MLP_RULE + '-1'),
+    (dict(arch=dict(MINI, mlp_ratio=0)), ValueError, MLP_RULE + '0'),
+    (dict(arch=dict(MINI, mlp_ratio=float('nan'))), ValueError, MLP_RULE + 'nan'),
+    (dict(arch=dict(MINI, layer_scale='1e-5')), TypeError,
+     "arch layer_scale must be None or a number, got '1e-5'"),
+])
+def test_constructor_arguments_are_checked_where_they_are_read(keywords, error, message):
+    with pytest.raises(error) as raised:
+        VHeat(**{'arch': MINI, 'img_size': 64, **keywords})
+    assert str(raised.value) == message
+
+
+def test_a_numpy_array_is_named_as_what_it_is():
+    import numpy as np
+
+    with pytest.raises(TypeError) as raised:
+        VHeat(MINI, img_size=64)(np.zeros((1, 3, 64, 64), np.float32))
+    assert str(raised.value) == ('vHeat expects a torch.Tensor of images (B, 3, H, W), got a '
+                                 'numpy.ndarray (torch.as_tensor converts a numpy array)')
+
+
 def test_drop_path_is_stochastic_in_training_only():
     model = VHeat(MINI, img_size=64, num_classes=4, drop_path_rate=0.5)
     x = torch.randn(4, 3, 64, 64)

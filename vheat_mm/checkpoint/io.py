@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import zipfile
 from typing import Iterator, Mapping
 
@@ -120,8 +121,7 @@ def read_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     name = name or path
     name = shown_url(name) if is_url(name) else shown_path(name)
     path = cached_download(path) if is_url(path) else os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {name}')
+    _check_regular_file(path, name)
     forced = _torch_forces_weights_only()
     try:
         _check_format(path, name)
@@ -200,6 +200,29 @@ def _named_tensors(value: object, name: str = '', seen: set | None = None
     items = value.items() if isinstance(value, dict) else enumerate(value)
     for key, item in items:
         yield from _named_tensors(item, f'{name}[{shown(key)}]', seen)
+
+
+def _check_regular_file(path: str, name: str) -> None:
+    """Raise :class:`FileNotFoundError` where ``path`` does not exist (or is a link to nothing),
+    and :class:`CheckpointError` naming what it is where it is not a regular file (a
+    directory, a device such as /dev/zero, a FIFO that would block a read, a socket); it is
+    never opened for that."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        link = ' (a link to a missing file)' if os.path.islink(path) else ''
+        raise FileNotFoundError(f'checkpoint not found: {name}{link}') from None
+    except OSError as err:
+        raise CheckpointError(f'cannot read checkpoint {name}: {type(err).__name__}: '
+                              f'{err.strerror or err}') from None
+    if stat.S_ISREG(mode):
+        return
+    kind = ('a directory' if stat.S_ISDIR(mode) else 'a FIFO (named pipe)' if stat.S_ISFIFO(mode)
+            else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else 'a socket' if stat.S_ISSOCK(mode) else 'not a regular file')
+    link = f' (a link to {shown_path(os.path.realpath(path))})' if os.path.islink(path) else ''
+    raise CheckpointError(f'cannot read checkpoint {name}: it is {kind}{link}, not a file '
+                          f'written by torch.save')
 
 
 def _check_format(path: str, name: str) -> None:

@@ -16,6 +16,8 @@ checkpoint gradients (``with_cp``).
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from typing import NamedTuple, Sequence
 
 import torch
@@ -93,17 +95,50 @@ def resolve_arch(arch: str | dict) -> Arch:
     if unknown or missing:
         raise ValueError(f'arch dict: unknown keys {sorted(unknown)}, missing keys '
                          f'{sorted(missing)}; allowed keys are {sorted(_ARCH_KEYS)}')
-    depths = tuple(int(d) for d in arch['depths'])
-    dims = arch['dims']
-    dims = tuple(int(dims * 2**i) for i in range(len(depths))) if isinstance(dims, int) \
+    depths, dims = arch['depths'], arch['dims']
+    if not _is_int_sequence(depths) or not (_is_int(dims) or _is_int_sequence(dims)):
+        raise TypeError(f'arch needs depths as a sequence of ints and dims as an int or a '
+                        f'sequence of ints, got depths={depths!r}, dims={dims!r}')
+    depths = tuple(int(d) for d in depths)
+    dims = tuple(int(dims) * 2**i for i in range(len(depths))) if _is_int(dims) \
         else tuple(int(d) for d in dims)
     if len(dims) != len(depths) or not depths or min(depths) < 1 or min(dims) < 1:
         raise ValueError(f'arch needs one positive depth and width per stage, got depths='
                          f'{depths}, dims={dims}')
-    layer_scale = arch.get('layer_scale')
+    layer_scale, mlp_ratio = arch.get('layer_scale'), arch.get('mlp_ratio', 4.0)
+    if not _is_number(mlp_ratio) or int(min(dims) * mlp_ratio) < 1:
+        raise ValueError(f'arch mlp_ratio must be a number that gives every MLP at least one '
+                         f'hidden channel (int(width * mlp_ratio) >= 1 for widths {dims}), got '
+                         f'{mlp_ratio!r}')
+    if layer_scale is not None and not _is_number(layer_scale):
+        raise TypeError(f'arch layer_scale must be None or a number, got {layer_scale!r}')
     return Arch(depths, dims, bool(arch.get('post_norm', False)),
-                None if layer_scale is None else float(layer_scale),
-                float(arch.get('mlp_ratio', 4.0)))
+                None if layer_scale is None else float(layer_scale), float(mlp_ratio))
+
+
+def _is_int(value: object) -> bool:
+    """An int (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_int_sequence(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+
+
+def _is_number(value: object) -> bool:
+    """A finite real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def check_int_argument(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` if it is an int (of at least ``minimum``); else a one-line TypeError or
+    ValueError naming the argument ``name``."""
+    if not _is_int(value):
+        raise TypeError(f'{name} must be an int, got {value!r} ({type(value).__name__})')
+    if minimum is not None and value < minimum:
+        raise ValueError(f'{name} must be at least {minimum}, got {value}')
+    return int(value)
 
 
 class HeatBlock(nn.Module):
@@ -266,6 +301,10 @@ class VHeatTrunk(nn.Module):
         self.arch = resolve_arch(arch)
         self.freq_embed_fit = check_freq_embed_fit(freq_embed_fit)
         self.total_stride = stage_stride(len(self.arch.depths) - 1)  # of the last stage
+        img_size = check_int_argument('img_size', img_size)
+        in_channels = check_int_argument('in_channels', in_channels, 1)
+        if not _is_number(drop_path_rate):
+            raise TypeError(f'drop_path_rate must be a number, got {drop_path_rate!r}')
         if img_size <= 0 or img_size % self.total_stride:
             raise ValueError(f'img_size must be a positive multiple of {self.total_stride} (the '
                              f'stride of the last stage), got {img_size}')
@@ -458,6 +497,10 @@ class VHeatTrunk(nn.Module):
 def check_images(x: Tensor, channels: int, min_size: int) -> Tensor:
     """``x`` if it is a batch of images (B, channels, H, W) with H and W at least
     ``min_size``; otherwise a one-line ValueError."""
+    if not isinstance(x, (Tensor, torch.fx.Proxy)):
+        raise TypeError(f'vHeat expects a torch.Tensor of images (B, {channels}, H, W), got a '
+                        f'{type(x).__module__}.{type(x).__qualname__} (torch.as_tensor converts '
+                        f'a numpy array)')
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f'vHeat expects images of shape (B, {channels}, H, W), '
                          f'got {tuple(x.shape)}')
@@ -550,8 +593,7 @@ class VHeat(VHeatTrunk):
 
     def _linear(self, num_classes: int, like: Tensor | None = None) -> nn.Module:
         """The classifier's linear layer for ``num_classes`` (on ``like``'s device and dtype)."""
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be 0 (no linear layer) or more, got {num_classes}')
+        num_classes = check_int_argument('num_classes', num_classes, 0)
         if num_classes == 0:
             return nn.Identity()
         return nn.Linear(self.num_features, num_classes,
