@@ -17,7 +17,7 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 
-from helpers import ROOT, free_port, load_script
+from helpers import ROOT, free_port, load_script, python_tool
 from vheat_mm.mm import cpu_launch, tool_config, toolbox
 from vheat_mm.mm.tool_config import ToolConfigError
 
@@ -449,6 +449,27 @@ def test_train_tool_reports_a_config_without_a_toolbox(tmp_path):
     assert done.returncode == 1
     assert "train.py: error: the config must set default_scope to one of ['mmpretrain', 'mmdet', " \
            "'mmseg'] to choose the toolbox; it is None" in done.stderr
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_a_config_that_is_not_python_is_named_with_its_line(tmp_path, tool):
+    broken = tmp_path / 'broken.py'
+    broken.write_text("model = dict(\n    type='ImageClassifier',\n")
+    child = tmp_path / 'child.py'
+    child.write_text(f"_base_ = [{str(broken)!r}]\n")
+    for config, where in ((broken, str(broken)), (child, f'a config that {child} inherits')):
+        args = [config] + (['checkpoint.pth'] if tool == 'test.py' else [])
+        done = python_tool(f'tools/{tool}', *args, '--work-dir', tmp_path / 'wd', returncode=1)
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"{tool}: error: {where} is not valid Python: line 1: '(' was never closed")
+
+
+def test_cfg_options_without_an_equals_sign_is_named():
+    done = python_tool('tools/train.py', 'configs/demo/mask-rcnn_vheat-t_fpn_shapes.py',
+                       '--cfg-options', 'train_cfg.max_iters=2', 'foo', returncode=2)
+    assert done.stderr.strip().splitlines()[-1] == (
+        "train.py: error: --cfg-options takes key=value items (for example "
+        "train_cfg.max_iters=10), got 'foo'")
 
 
 def test_check_install_checks_mmcv_ops(capsys):

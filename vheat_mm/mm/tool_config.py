@@ -19,6 +19,7 @@ reads it (:func:`check_last_checkpoint`).
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
 import logging
@@ -31,6 +32,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from ..checkpoint.messages import shown
 from .runner import VHeatRunner
 from .toolbox import TOOLBOX_PROFILES, TOOLBOXES, ToolboxProfile, import_object, is_installed, \
     registry
@@ -59,11 +61,24 @@ def _log(message: str, level: int = logging.INFO) -> None:
 
 
 # ----------------------------------------------------------------------------- command line
+class CfgOptions(DictAction):
+    """mmengine's ``DictAction`` for ``--cfg-options``, which first refuses an item that is not
+    ``key=value`` in one line naming it (``DictAction`` fails on it inside its unpacking)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values:
+            key, equals, _ = item.partition('=')
+            if not equals or not key:
+                parser.error(f'{option_string} takes key=value items (for example '
+                             f'train_cfg.max_iters=10), got {shown(item)}')
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank`` / ``--local-rank``."""
     parser.add_argument('--work-dir', help='directory for logs and checkpoints (default: '
                         './work_dirs/<config name>, unless the config sets work_dir)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                         help='override config settings, key=value (lists as key="[a,b]")')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
@@ -114,7 +129,12 @@ def load_config(path: str, *, work_dir: str | None, cfg_options: dict | None,
 
     work_dir: the command line's, else the config's, else ``./work_dirs/<config name>``.
     """
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except SyntaxError as err:  # mmengine parses the text as '<unknown>': the file is named here
+        where = path if _syntax_error(path) else f'a config that {path} inherits'
+        raise ToolConfigError(f'{where} is not valid Python: line {err.lineno}: {err.msg}') \
+            from None
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)
@@ -123,6 +143,18 @@ def load_config(path: str, *, work_dir: str | None, cfg_options: dict | None,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg, select_toolbox(cfg)
+
+
+def _syntax_error(path: str) -> bool:
+    """Whether the file ``path`` itself fails to parse as Python (read, never run)."""
+    try:
+        with open(path, 'rb') as file:
+            ast.parse(file.read(), filename=path)
+    except SyntaxError:
+        return True
+    except (OSError, ValueError):  # unreadable, or NUL bytes: mmengine's own error would say
+        return False
+    return False
 
 
 def load_tool_config(args: argparse.Namespace) -> tuple[Config, str]:
