@@ -20,6 +20,7 @@ import sys
 from vheat_mm.checkpoint import (CONVERSION_MODES, CheckpointError, check_downstream_sizes,
                                  convert_freq_embeds, find_freq_embeds, read_checkpoint,
                                  write_checkpoint)
+from vheat_mm.checkpoint.messages import shown_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,10 +53,13 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f'--tg_pth {args.tg_pth} is the input checkpoint itself; refusing '
                              f'to write over it, choose another path')
         checkpoint = read_checkpoint(args.pt_pth)
-        converted = convert_freq_embeds(checkpoint, pt_size=args.pt_size, tg_size=args.tg_size,
-                                        mode=args.mode)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         sys.exit(f'interpolate4downstream.py: error: {err}')
+    try:
+        converted = convert_freq_embeds(checkpoint, pt_size=args.pt_size, tg_size=args.tg_size,
+                                        mode=args.mode)
+    except (CheckpointError, ValueError) as err:  # named after the file it comes from
+        sys.exit(f'interpolate4downstream.py: error: {shown_path(args.pt_pth)}: {err}')
     for entry, key, stage in find_freq_embeds(checkpoint):
         print(f'Layer {stage} ({entry}: {key}):')
         print('Shape before interpolation:', checkpoint[entry][key].shape)

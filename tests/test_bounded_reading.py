@@ -342,3 +342,13 @@ def test_keys_that_would_forge_a_log_line_are_shown_escaped(tmp_path, state, cap
     printed = ''.join(capsys.readouterr())
     assert 'y\\x1b[2J' in printed
     assert_printable(printed)
+
+
+@pytest.mark.parametrize('how', [how for how in PATHS if how != 'read_checkpoint'])
+def test_a_state_dict_that_is_not_a_mapping_is_named_with_the_file(tmp_path, how):
+    path = tmp_path / 'listed.pth'
+    torch.save({'state_dict': [1, 2, 3]}, path)
+    with pytest.raises(CheckpointError) as error:
+        read_by(str(path), how)
+    message = one_line_message(error)
+    assert str(path) in message and "'state_dict'" in message

@@ -96,9 +96,12 @@ def find_layout(checkpoint: Mapping, entry: str | None = None) -> tuple[str, str
         return present[0]
     if is_state_dict(checkpoint):
         return 'bare', None
+    not_mappings = [f'{shown(key)} holds a {type(checkpoint[key]).__name__}'
+                    for key in STATE_DICT_ENTRIES if key in checkpoint]
     raise CheckpointError(
         f'no state dict found: expected one of the entries {list(STATE_DICT_ENTRIES)} or a '
-        f'mapping of tensors, found keys {shown_keys(checkpoint)}')
+        f'mapping of tensors, found keys {shown_keys(checkpoint)}'
+        + (f' ({", ".join(not_mappings)}, not a mapping of tensors)' if not_mappings else ''))
 
 
 def find_state_dict(checkpoint: Mapping, entry: str | None = None) -> dict[str, Tensor]:

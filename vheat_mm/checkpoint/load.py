@@ -71,7 +71,11 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     (:func:`~vheat_mm.checkpoint.fit.check_fit`); with ``strict=True`` that, and any missing
     or unexpected key, raises. The returned :class:`LoadReport` lists what was not loaded.
     """
-    state_dict = select_prefix(find_state_dict(read_checkpoint(path), entry), prefix)
+    checkpoint = read_checkpoint(path)
+    try:
+        state_dict = select_prefix(find_state_dict(checkpoint, entry), prefix)
+    except CheckpointError as err:
+        raise CheckpointError(f'{shown_path(path)}: {err}') from None
     try:
         converted, resized = fit_state_dict(state_dict, model)
     except ValueError as err:  # e.g. a freq_embed larger than the model's, under 'pad'

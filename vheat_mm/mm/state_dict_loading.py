@@ -93,8 +93,10 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
     converted, then check the fit; ``source`` names the file in messages."""
     source = described(source, checkpoint)
     state_dict = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state_dict, Mapping) or (state_dict is checkpoint and checkpoint
-                                               and not is_state_dict(checkpoint)):
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"cannot load checkpoint {source}: its 'state_dict' holds a "
+                              f'{type(state_dict).__name__}, not a mapping of tensors')
+    if state_dict is checkpoint and checkpoint and not is_state_dict(checkpoint):
         raise CheckpointError(
             f"cannot load checkpoint {source}: it is neither a runner checkpoint (with "
             f"'state_dict') nor of a known layout (entries {', '.join(STATE_DICT_ENTRIES)}) "
