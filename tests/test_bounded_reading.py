@@ -12,6 +12,7 @@ Each case is read by every path that reads checkpoints: read_checkpoint, load_pr
 interpolate4downstream.py and, where mmengine is installed, vheat_mm.mm's load_checkpoint.
 """
 import collections
+import contextlib
 import io
 import pickle
 import re
@@ -32,6 +33,7 @@ from vheat_mm.checkpoint.messages import MAX_SHOWN, cut, shown, shown_keys
 from vheat_mm.models import VHeat
 
 interpolate = load_script(ROOT / 'interpolate4downstream.py')
+converter = load_script(ROOT / 'tools/model_converters/vheat_to_mmpretrain.py')
 
 
 @pytest.fixture
@@ -144,6 +146,21 @@ def read_by(path: str, how: str) -> None:
     elif how == 'vheat_mm.mm load_checkpoint':
         from vheat_mm.mm.runner import load_checkpoint
         load_checkpoint(VHeat(MINI, img_size=64, num_classes=5), path)
+    elif how == 'init_cfg':
+        from vheat_mm.mm.backbone import VHeatBackbone
+        VHeatBackbone(MINI, img_size=64,
+                      init_cfg=dict(type='Pretrained', checkpoint=path)).init_weights()
+    elif how == 'timm pretrained file':
+        import timm
+        timm.create_model('vheat_tiny', pretrained=True, arch=MINI, img_size=64, num_classes=5,
+                          pretrained_cfg_overlay=dict(file=path))
+    elif how == 'vheat_to_mmpretrain.py':
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed):
+            assert converter.main([path, f'{path}.out']) == 1
+        prefix = 'vheat_to_mmpretrain.py: error: '
+        assert printed.getvalue().startswith(prefix)
+        raise CheckpointError(printed.getvalue()[len(prefix):].strip())
     else:
         try:
             interpolate.main(['--pt_pth', path, '--pt_size', '64', '--tg_pth',
@@ -154,8 +171,10 @@ def read_by(path: str, how: str) -> None:
             raise CheckpointError(str(done.code)[len(prefix):]) from None
 
 
-PATHS = ['read_checkpoint', 'load_pretrained', 'interpolate4downstream.py'] + \
-    (['vheat_mm.mm load_checkpoint'] if importlib.util.find_spec('mmengine') else [])
+PATHS = ['read_checkpoint', 'load_pretrained', 'interpolate4downstream.py',
+         'vheat_to_mmpretrain.py'] + \
+    (['vheat_mm.mm load_checkpoint', 'init_cfg'] if importlib.util.find_spec('mmengine') else []) \
+    + (['timm pretrained file'] if importlib.util.find_spec('timm') else [])
 
 
 @pytest.mark.parametrize('how', PATHS)
@@ -352,3 +371,47 @@ def test_a_state_dict_that_is_not_a_mapping_is_named_with_the_file(tmp_path, how
         read_by(str(path), how)
     message = one_line_message(error)
     assert str(path) in message and "'state_dict'" in message
+
+
+def test_an_expanded_tensor_is_refused_within_a_memory_limit(tmp_path):
+    """Under an 8 GiB address-space limit (resource.setrlimit, in a child process), a 1 kB file
+    declaring 8 GiB of one repeated value is refused by every reader in one line, while a copy
+    of that tensor cannot even be allocated there."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / 'expanded.pth'
+    torch.save({'model': {'weight': torch.zeros(1).expand(2**31)}}, path)
+    code = f'''
+import sys, torch
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+from helpers import MINI
+from vheat_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
+from vheat_mm.models import VHeat
+readers = [read_checkpoint, lambda p: load_pretrained(VHeat(MINI, img_size=64), p)]
+try:
+    from vheat_mm.mm.runner import load_checkpoint
+    readers.append(lambda p: load_checkpoint(VHeat(MINI, img_size=64), p))
+except ImportError:
+    pass
+for read in readers:
+    try:
+        read({str(path)!r})
+    except CheckpointError as err:
+        print('refused:', str(err).splitlines()[0].endswith('would allocate them all)'))
+try:
+    torch.zeros(1).expand(2**31).clone()
+except RuntimeError:
+    print('a copy cannot be allocated')
+'''
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    done = subprocess.run([sys.executable, '-c', code], preexec_fn=limit_memory,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1] == 'a copy cannot be allocated'
+    assert len(lines) >= 3 and all(line == 'refused: True' for line in lines[:-1])

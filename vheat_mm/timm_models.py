@@ -33,7 +33,10 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs, register_m
                          resolve_pretrained_cfg)
 from torch import nn
 
-from .checkpoint import PRETRAINED_URLS, checkpoint_filter_fn, read_checkpoint
+from .checkpoint import (PRETRAINED_URLS, CheckpointError, checkpoint_filter_fn, is_url,
+                         read_checkpoint)
+from .checkpoint.download import shown_url
+from .checkpoint.messages import shown_path
 from .models import VHeat
 
 __all__ = ['MODEL_NAMES', 'register_timm_models']  # and the model functions
@@ -75,7 +78,7 @@ def _create(variant: str, pretrained: bool, **kwargs) -> VHeat:
         if source is not None:
             kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {},
                                                     state_dict={'read from': source})
-            filter_fn = _filter_read(read_checkpoint(source))
+            filter_fn = _filter_read(read_checkpoint(source), source)
     model = build_model_with_cfg(
         _vheat_with_timm_keywords, f'vheat_{variant}', pretrained,
         pretrained_filter_fn=filter_fn,
@@ -100,12 +103,17 @@ def _pretrained_source(variant: str, pretrained_cfg: Any, overlay: Mapping | Non
     return source
 
 
-def _filter_read(checkpoint: Mapping) -> Callable[[Mapping, nn.Module], dict]:
-    """timm's ``pretrained_filter_fn`` for a checkpoint vheat_mm has read: timm is given a small
-    dict in its place (its config keeps, and deep-copies for ``features_only``, what it is
-    given), and this gives the checkpoint's fitted state dict."""
+def _filter_read(checkpoint: Mapping, source: str) -> Callable[[Mapping, nn.Module], dict]:
+    """timm's ``pretrained_filter_fn`` for a checkpoint vheat_mm has read from ``source``: timm
+    is given a small dict in its place (its config keeps, and deep-copies for
+    ``features_only``, what it is given), and this gives the checkpoint's fitted state dict
+    (a :class:`CheckpointError` names ``source``)."""
     def filter_fn(_given: Mapping, model: nn.Module) -> dict:
-        return checkpoint_filter_fn(checkpoint, model)
+        try:
+            return checkpoint_filter_fn(checkpoint, model)
+        except CheckpointError as err:
+            raise CheckpointError(f'{shown_url(source) if is_url(source) else shown_path(source)}'
+                                  f': {err}') from None
     return filter_fn
 
 
