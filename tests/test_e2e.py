@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -108,7 +109,8 @@ def mask_rcnn(tmp_path_factory, shapes):
                                    size=shapes_demo().IMAGE_SIZE)
     config = write_config(tmp / 'mask-rcnn_tiny_shapes.py', MASK_RCNN.format(
         base=CONFIGS / 'demo/mask-rcnn_vheat-t_fpn_shapes.py'))
-    options = shapes_demo().data_options(data)
+    # from scratch: the demo's pretrained start is made by its own first two steps
+    options = shapes_demo().data_options(data) + ['model.backbone.init_cfg=None']
     work_dir = tmp / 'train'
     python_tool('tools/train.py', config, '--work-dir', work_dir, '--cfg-options', *options)
     (run,) = run_dirs(work_dir)
@@ -414,3 +416,45 @@ def test_interpolated_checkpoint_initialises_the_mask_rcnn_backbone(checkpoint_d
         f'outnorm{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
     assert sorted(set(converted) - set(loaded)) == [
         'classifier.0.bias', 'classifier.0.weight', 'classifier.3.bias', 'classifier.3.weight']
+
+
+# ----------------------------------------------------------------------------- the demo
+def test_the_demo_pipeline_runs_every_step_with_its_tool(tmp_path):
+    """``tools/shapes_demo.py --quick``: the paper's pipeline (pretraining, interpolation,
+    Mask R-CNN and UperNet through dist_train.sh and dist_test.sh) a few iterations a step, its
+    summary, pictures and logs; a rerun reuses the data and starts every step afresh."""
+    data, work = tmp_path / 'data', tmp_path / 'work'
+    args = ('tools/shapes_demo.py', '--quick', '--num-train', '16', '--num-val', '4',
+            '--data-root', data, '--work-dir', work)
+    done = python_tool(*args, timeout=1800)
+    rows = [line for line in done.stdout.splitlines() if re.match(r'\| \d ', line)]
+    assert [row.split(' | ')[0] for row in rows] == [
+        '| 1 pretrain (tools/train.py)', '| 2 interpolate4downstream.py',
+        '| 3 Mask R-CNN (dist_train.sh, dist_test.sh)',
+        '| 4 UperNet (dist_train.sh, dist_test.sh, --tta)', '| 5 pictures']
+    assert '`bash tools/dist_train.sh configs/demo/mask-rcnn_vheat-t_fpn_shapes.py 2 ...`' \
+        in rows[2] and '--tta' in rows[3] and 'box mAP' in rows[2]
+    assert re.search(r'mIoU [\d.]+ \(single-scale\), mIoU [\d.]+ \(TTA\)', rows[3])
+    for picture in ('detections.png', 'segmentation.png', 'losses.png'):
+        assert (work / picture).stat().st_size > 1000, picture
+    # the downstream steps started from the interpolated classifier
+    interpolated = work / '2_interpolate/vheat-t_shapes-128.pth'
+    assert interpolated.is_file()
+    assert f'Load checkpoint from {interpolated}' not in done.stdout  # init_cfg, not load_from
+    stale = work / '3_mask_rcnn/stale.txt'
+    stale.write_text('from an earlier run')
+    data_files = sorted(p.name for p in (data / 'train').iterdir())
+    python_tool(*args, timeout=1800)
+    assert not stale.exists() and sorted(p.name for p in (data / 'train').iterdir()) == data_files
+
+
+def test_the_demo_names_the_step_that_fails(tmp_path, shapes):
+    data, work = tmp_path / 'data', tmp_path / 'work'
+    shapes.make_shapes_coco(data, num_train=8, num_val=2, size=shapes_demo().IMAGE_SIZE)
+    shapes.make_crops_from_coco(data, data / 'classification')
+    shapes.make_semantic_from_coco(data, data / 'segmentation')
+    shutil.rmtree(data / 'classification' / 'train')  # the pretraining cannot read its images
+    done = python_tool('tools/shapes_demo.py', '--quick', '--data-root', data, '--work-dir', work,
+                       returncode=1, timeout=600)
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        'shapes_demo.py: error: step "1 pretrain (tools/train.py)" failed: ')

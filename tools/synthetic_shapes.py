@@ -13,6 +13,11 @@ mask is the whole shape and its polygon is exact. Written as
   ``annotations/.../*.png``, label 0 = ignore, shapes 1..3, background 4) for mmseg;
 * :func:`make_shapes_imagenet`: an ImageNet-style folder per class with ``meta/{split}.txt``,
   one shape per image, for mmpretrain.
+
+The demo's pipeline derives its classification and segmentation data from its COCO dataset, so
+that the three tasks see the same images: :func:`make_crops_from_coco` (the ImageNet layout:
+a crop around each shape, and crops of background) and :func:`make_semantic_from_coco` (the
+ADE20K layout: the same images and their label maps).
 """
 from __future__ import annotations
 
@@ -23,10 +28,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ['SHAPE_CLASSES', 'make_shapes_coco', 'make_shapes_ade20k', 'make_shapes_imagenet',
-           'draw_scene']
+__all__ = ['CROP_CLASSES', 'SEGMENT_CLASSES', 'SHAPE_CLASSES', 'draw_scene',
+           'make_crops_from_coco', 'make_semantic_from_coco', 'make_shapes_ade20k',
+           'make_shapes_coco', 'make_shapes_imagenet']
 
 SHAPE_CLASSES = ('square', 'circle', 'triangle')
+# the classes of the derived datasets: the shapes, then the background
+CROP_CLASSES = SEGMENT_CLASSES = (*SHAPE_CLASSES, 'background')
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -158,4 +166,90 @@ def make_shapes_imagenet(root: str | Path, *, num_train: int = 8, num_val: int =
                 cv2.imwrite(str(root / split / name / f'{i:05d}.png'), img)
                 lines.append(f'{name}/{i:05d}.png {label}')
         (root / 'meta' / f'{split}.txt').write_text('\n'.join(lines) + '\n')
+    return root
+
+
+def _coco_split(coco_root: Path, split: str) -> tuple[list[dict], dict[int, list[dict]]]:
+    """The images of ``split`` of :func:`make_shapes_coco`'s dataset, and their annotations."""
+    coco = json.loads((coco_root / 'annotations' / f'instances_{split}.json').read_text())
+    by_image: dict[int, list[dict]] = {image['id']: [] for image in coco['images']}
+    for annotation in coco['annotations']:
+        by_image[annotation['image_id']].append(annotation)
+    return coco['images'], by_image
+
+
+def _label_map(image: dict, annotations: list[dict], background: int) -> np.ndarray:
+    """An image's label map: each shape's category id (1..3) on ``background``."""
+    label = np.full((image['height'], image['width']), background, np.uint8)
+    for annotation in annotations:
+        polygon = np.asarray(annotation['segmentation'][0]).reshape(-1, 2)
+        cv2.fillPoly(label, [np.round(polygon).astype(np.int32)], annotation['category_id'])
+    return label
+
+
+def make_crops_from_coco(coco_root: str | Path, root: str | Path, *, size: int = 64,
+                         seed: int = 0) -> Path:
+    """Write a classification dataset in the ImageNet layout (``{split}/{class}/*.png`` and
+    ``meta/{split}.txt``) of :data:`CROP_CLASSES` under ``root``, from the images of
+    :func:`make_shapes_coco`'s dataset at ``coco_root``: a square crop around each shape (1.2 to
+    1.6 times its box, its centre moved by up to a tenth of it), and one crop of background per
+    image, resized to ``size``; returns ``root``."""
+    coco_root, root = Path(coco_root), Path(root)
+    rng = np.random.default_rng(seed)
+    background = len(SHAPE_CLASSES)
+    (root / 'meta').mkdir(parents=True, exist_ok=True)
+    for split in ('train', 'val'):
+        for name in CROP_CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        lines = []
+        images, by_image = _coco_split(coco_root, split)
+        for image in images:
+            img = cv2.imread(str(coco_root / split / image['file_name']))
+            height, width = img.shape[:2]
+            padded = cv2.copyMakeBorder(img, height, height, width, width, cv2.BORDER_REFLECT)
+            crops = []
+            for annotation in by_image[image['id']]:
+                x, y, w, h = annotation['bbox']
+                side = max(w, h) * float(rng.uniform(1.2, 1.6))
+                cx = x + w / 2 + float(rng.uniform(-0.1, 0.1)) * side
+                cy = y + h / 2 + float(rng.uniform(-0.1, 0.1)) * side
+                crops.append((annotation['category_id'] - 1, cx, cy, side))
+            label = _label_map(image, by_image[image['id']], 0)
+            for _attempt in range(20):  # a square of background that no shape reaches
+                side = float(rng.uniform(16, min(height, width) / 2))
+                cx = float(rng.uniform(side / 2, width - side / 2))
+                cy = float(rng.uniform(side / 2, height - side / 2))
+                x0, y0 = int(cx - side / 2), int(cy - side / 2)
+                if not label[y0:y0 + int(side) + 1, x0:x0 + int(side) + 1].any():
+                    crops.append((background, cx, cy, side))
+                    break
+            for index, (class_index, cx, cy, side) in enumerate(crops):
+                x0, y0 = int(round(cx - side / 2)) + width, int(round(cy - side / 2)) + height
+                crop = padded[y0:y0 + int(round(side)), x0:x0 + int(round(side))]
+                crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+                name = f'{CROP_CLASSES[class_index]}/{Path(image["file_name"]).stem}_{index}.png'
+                cv2.imwrite(str(root / split / name), crop)
+                lines.append(f'{name} {class_index}')
+        (root / 'meta' / f'{split}.txt').write_text('\n'.join(lines) + '\n')
+    return root
+
+
+def make_semantic_from_coco(coco_root: str | Path, root: str | Path) -> Path:
+    """Write a semantic-segmentation dataset in the ADE20K layout under ``root`` from the images
+    of :func:`make_shapes_coco`'s dataset at ``coco_root`` (``train`` -> ``training``, ``val`` ->
+    ``validation``; the images as JPEG, as ADE20K's). Label maps follow ADE20K's convention
+    (``reduce_zero_label=True``): the shapes are 1..3 and the background 4, so that the model
+    sees :data:`SEGMENT_CLASSES`; returns ``root``."""
+    coco_root, root = Path(coco_root), Path(root)
+    for split, folder in (('train', 'training'), ('val', 'validation')):
+        (root / 'images' / folder).mkdir(parents=True, exist_ok=True)
+        (root / 'annotations' / folder).mkdir(parents=True, exist_ok=True)
+        images, by_image = _coco_split(coco_root, split)
+        for image in images:
+            stem = Path(image['file_name']).stem
+            img = cv2.imread(str(coco_root / split / image['file_name']))
+            cv2.imwrite(str(root / 'images' / folder / f'{stem}.jpg'), img,
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(str(root / 'annotations' / folder / f'{stem}.png'),
+                        _label_map(image, by_image[image['id']], len(SHAPE_CLASSES) + 1))
     return root

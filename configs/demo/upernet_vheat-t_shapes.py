@@ -1,0 +1,74 @@
+# Step 4 of the demo's pipeline (tools/shapes_demo.py): UperNet with vHeat-T on the semantic
+# masks of the generated shapes images (data/shapes/segmentation, the ADE20K layout written by
+# tools/synthetic_shapes.py's make_semantic_from_coco: 3 shapes and the background), its
+# backbone initialised from the classifier of step 1 through interpolate4downstream.py (step 2),
+# as the paper's UperNet starts from the ImageNet classifier. Lightened for the CPU: 128x128
+# images, narrower decode (128) and auxiliary (64) channels, 200 iterations; tested whole-image,
+# and with --tta at 3 scales and flips.
+_base_ = '../upernet/upernet_vheat-t_8xb2-160k_ade20k-512x512.py'
+
+data_root = 'data/shapes/segmentation/'
+metainfo = dict(classes=('square', 'circle', 'triangle', 'background'),
+                palette=[[220, 20, 60], [0, 128, 255], [0, 200, 0], [90, 90, 90]])
+crop_size = (128, 128)
+pretrained = 'work_dirs/shapes_demo/2_interpolate/vheat-t_shapes-128.pth'
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(img_size=128, drop_path_rate=0.1,
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(channels=128, num_classes=4),
+    auxiliary_head=dict(channels=64, num_classes=4),
+    test_cfg=dict(mode='whole'))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+img_ratios = [0.75, 1.0, 1.25]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]
+# ADE20K's layout and label convention (0 ignored, the rest one less), with these classes
+seg_dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo,
+               img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True)
+train_dataloader = dict(
+    batch_size=4, num_workers=1, persistent_workers=True,
+    dataset=dict(**seg_dataset, pipeline=train_pipeline,
+                 data_prefix=dict(img_path='images/training',
+                                  seg_map_path='annotations/training')))
+val_dataloader = dict(
+    batch_size=4, num_workers=1, persistent_workers=True,
+    dataset=dict(**seg_dataset, pipeline=test_pipeline,
+                 data_prefix=dict(img_path='images/validation',
+                                  seg_map_path='annotations/validation')))
+test_dataloader = val_dataloader
+
+max_iters = 200
+optim_wrapper = dict(optimizer=dict(lr=3e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=30, end=max_iters),
+]
+# no validation while training: tools/test.py evaluates the final checkpoint
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_begin=max_iters + 1,
+                 val_interval=max_iters)
+default_hooks = dict(logger=dict(interval=10),
+                     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+randomness = dict(seed=0)
