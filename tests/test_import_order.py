@@ -6,8 +6,9 @@ API or by mmengine's runner, a config naming the official backbones, ``timm.crea
 target prints the class and module of the backbone it built and the shapes of its outputs on a
 64x64 image, which are asserted.
 
-By default every first runs with the cheapest target and every target after ``import
-vheat_mm.models``; the rest of the matrix is marked slow. ``tests/test_import.py`` checks that
+Every first runs with the cheapest target, every target after ``import vheat_mm.models``, and
+each toolbox first with its own target; the rest of the matrix (the same mechanisms with other
+targets) is marked slow. ``tests/test_import.py`` checks that
 the first imports themselves import no toolbox.
 """
 from __future__ import annotations
@@ -147,9 +148,19 @@ print(json.dumps(found))
 '''
 
 
+# Besides every target after `import vheat_mm.models` and every first before the cheapest
+# target: each toolbox imported first, then vheat_mm, then that toolbox's own target (vheat_mm
+# registers at once there, not through the finder).
+OWN_TARGETS = {'mmengine-then-vheat_mm': 'mmengine.Runner.from_cfg',
+               'mmdet-then-vheat_mm': 'mmdet.init_detector-user-config-inheriting',
+               'mmseg-then-vheat_mm': 'MMSEG_VHEAT',
+               'mmpretrain-then-vheat_mm': 'mmpretrain.get_model'}
+
+
 def _cases():
     for first, target in itertools.product(FIRSTS, TARGETS):
-        representative = target == CHEAPEST_TARGET or first == 'vheat_mm.models'
+        representative = target == CHEAPEST_TARGET or first == 'vheat_mm.models' \
+            or OWN_TARGETS.get(first) == target
         yield pytest.param(first, target, id=f'{first}--{target}',
                            marks=() if representative else pytest.mark.slow)
 
