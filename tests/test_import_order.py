@@ -8,7 +8,8 @@ target prints the class and module of the backbone it built and the shapes of it
 
 Every first runs with the cheapest target, every target after ``import vheat_mm.models``, and
 each toolbox first with its own target; the rest of the matrix (the same mechanisms with other
-targets) is marked slow. ``tests/test_import.py`` checks that
+targets, about 6 s each in a fresh interpreter) is marked ``matrix`` and runs with ``pytest -m
+matrix tests/test_import_order.py``. ``tests/test_import.py`` checks that
 the first imports themselves import no toolbox.
 """
 from __future__ import annotations
@@ -162,7 +163,7 @@ def _cases():
         representative = target == CHEAPEST_TARGET or first == 'vheat_mm.models' \
             or OWN_TARGETS.get(first) == target
         yield pytest.param(first, target, id=f'{first}--{target}',
-                           marks=() if representative else pytest.mark.slow)
+                           marks=() if representative else pytest.mark.matrix)
 
 
 def _write_user_configs(folder: Path) -> Path:
