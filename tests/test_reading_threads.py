@@ -61,7 +61,7 @@ def _read_in_threads(path, check, meanwhile=None) -> list[str]:
                 failures.append(f'{type(err).__name__}: {err}'[:300])
 
     def other():
-        while not done.is_set():
+        while not done.wait(0.001):  # a change a millisecond: the readers keep the interpreter
             meanwhile()
 
     readers = [threading.Thread(target=reader) for _ in range(THREADS)]
