@@ -432,8 +432,8 @@ def test_the_demo_pipeline_runs_every_step_with_its_tool(tmp_path):
         '| 1 pretrain (tools/train.py)', '| 2 interpolate4downstream.py',
         '| 3 Mask R-CNN (dist_train.sh, dist_test.sh)',
         '| 4 UperNet (dist_train.sh, dist_test.sh, --tta)', '| 5 pictures']
-    assert '`bash tools/dist_train.sh configs/demo/mask-rcnn_vheat-t_fpn_shapes.py 2 ...`' \
-        in rows[2] and '--tta' in rows[3] and 'box mAP' in rows[2]
+    assert '`bash tools/dist_train.sh configs/demo/mask-rcnn_vheat-t_fpn_shapes.py 2 --work-dir ' \
+        '3_mask_rcnn ...`' in rows[2] and '--tta' in rows[3] and 'box mAP' in rows[2]
     assert re.search(r'mIoU [\d.]+ \(single-scale\), mIoU [\d.]+ \(TTA\)', rows[3])
     for picture in ('detections.png', 'segmentation.png', 'losses.png'):
         assert (work / picture).stat().st_size > 1000, picture

@@ -125,6 +125,7 @@ def test_mim_train_and_test_the_demo_detector_on_cpu(installed, tmp_path):
     out = mim(installed, 'train', 'vheat_mm', DEMO_CONFIG, '--gpus', '0', '--work-dir', 'work',
               '--cfg-options', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2',
               'model.backbone.init_cfg=None',  # the demo's own pretraining is not run here
+              'default_hooks.logger.interval=1',
               *NO_WORKERS[:2], cwd=tmp_path)
     assert f'will use {package}/configs/demo/{DEMO_CONFIG}' in out
     assert f'Training command is {installed} {package}/tools/train.py' in out
