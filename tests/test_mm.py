@@ -325,6 +325,7 @@ def convert(src, dst):
 @pytest.mark.parametrize('case', ['prenorm', 'postnorm_layerscale'])
 def test_official_classifier_converted_gives_official_logits(official_mini, case, tmp_path):
     """tools/model_converters/vheat_to_mmpretrain.py -> ImageClassifier: the official logits."""
+    from mmengine.registry import DefaultScope
     from mmengine.runner import load_checkpoint
     from mmpretrain.registry import MODELS
 
@@ -334,12 +335,14 @@ def test_official_classifier_converted_gives_official_logits(official_mini, case
     torch.save(dict(model=fixture['state_dict']), src)
     assert convert(src, dst).returncode == 0
     dims = cfg['dims'] * 2 ** 3 if isinstance(cfg['dims'], int) else cfg['dims'][-1]
-    classifier = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='vHeat', arch=mini_arch(cfg), img_size=cfg['img_size'],
-                      out_indices=(3,)),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=cfg['num_classes'], in_channels=dims)))
+    # in mmpretrain's scope, whichever toolbox an earlier test left as the current one
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        classifier = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='vHeat', arch=mini_arch(cfg), img_size=cfg['img_size'],
+                          out_indices=(3,)),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=cfg['num_classes'], in_channels=dims)))
     load_checkpoint(classifier, str(dst), strict=True)
     classifier.eval()
     with torch.no_grad():
