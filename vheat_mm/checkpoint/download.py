@@ -11,13 +11,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
 from .atomic import replaced_atomically, temporary_files
 from .errors import CheckpointError
-from .messages import cut, shown_path
+from .messages import cut, shown, shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +59,20 @@ def shown_url(url: str) -> str:
     return shown_path(urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))) + hidden
 
 
-def _positive_number(variable: str, default: float) -> float:
+def positive_setting(variable: str, default: float, parse: Callable[[str], float] = float,
+                     unit: str = '') -> float:
+    """The value of the environment variable ``variable`` read by ``parse`` (``float`` or
+    ``int``), or ``default`` where it is not set; a one-line ValueError naming it where it is not
+    a finite positive number (``unit`` follows "number" in that message)."""
     text = os.environ.get(variable)
     if text is None:
         return default
     try:
-        value = float(text)
+        value = parse(text)
     except ValueError:
-        value = -1.0
-    if not value > 0 or value == float('inf'):
-        raise ValueError(f'{variable} must be a positive number, got {cut(text)!r}')
+        value = -1
+    if not 0 < value < float('inf'):
+        raise ValueError(f'{variable} must be a positive number{unit}, got {shown(text)}')
     return value
 
 
@@ -77,9 +81,9 @@ def download_bounds(content_length: int | None) -> tuple[float, int]:
     ``content_length`` bytes (None: no Content-Length): :data:`DEADLINE_VARIABLE` and
     :data:`MAX_BYTES_VARIABLE` where they are set. A body is never read beyond its
     Content-Length."""
-    max_bytes = int(_positive_number(MAX_BYTES_VARIABLE, DEFAULT_MAX_BYTES))
+    max_bytes = int(positive_setting(MAX_BYTES_VARIABLE, DEFAULT_MAX_BYTES))
     expected = content_length if content_length is not None else max_bytes
-    deadline = _positive_number(
+    deadline = positive_setting(
         DEADLINE_VARIABLE, _DEADLINE_BASE_S + _DEADLINE_PER_100MB_S * expected / 100e6)
     return deadline, max_bytes if content_length is None else content_length
 

@@ -33,7 +33,7 @@ import torch
 
 from . import restricted_pickle
 from .archive import ZIP_MAGIC, check_archive
-from .download import cached_download, is_url, shown_url
+from .download import cached_download, is_url, positive_setting, shown_url
 from .errors import CheckpointError
 from .layout import named_weight_entries
 from .messages import MAX_SHOWN, cut, shown, shown_path
@@ -151,17 +151,8 @@ def max_declared_bytes() -> int:
     """The most bytes the tensors of one checkpoint may declare in all (their shapes times their
     element sizes): :data:`MAX_DECLARED_BYTES_VARIABLE` where it is set, else
     :data:`DEFAULT_MAX_DECLARED_BYTES`."""
-    text = os.environ.get(MAX_DECLARED_BYTES_VARIABLE)
-    if text is None:
-        return DEFAULT_MAX_DECLARED_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value <= 0:
-        raise ValueError(f'{MAX_DECLARED_BYTES_VARIABLE} must be a positive number of bytes, got '
-                         f'{shown(text)}')
-    return value
+    return int(positive_setting(MAX_DECLARED_BYTES_VARIABLE, DEFAULT_MAX_DECLARED_BYTES, int,
+                                ' of bytes'))
 
 
 def check_declared_sizes(checkpoint: Mapping, source: str, file_bytes: int) -> None:
