@@ -6,8 +6,8 @@ from typing import Any, Collection, Mapping, NamedTuple
 
 from torch import Tensor, nn
 
-from ..models import (VHeat, fit_freq_embeds, freq_embed_sizes, pad_freq_embed,
-                      resize_freq_embed)
+from ..models import (FREQ_EMBED_FITS, VHeat, fit_freq_embeds, freq_embed_sizes,
+                      stage_stride)
 from .errors import CheckpointError
 from .io import check_finite
 from .layout import BACKBONE_MODULE, LAYOUTS, find_freq_embeds, find_state_dict
@@ -16,8 +16,8 @@ __all__ = ['CONVERSION_MODES', 'FittedStateDict', 'checkpoint_filter_fn', 'fit_s
            'official_to_mmpretrain', 'official_to_model', 'check_downstream_sizes',
            'convert_freq_embeds']
 
-CONVERSION_MODES = ('pad', 'bicubic')
-_SIZE_MULTIPLE = 32  # the last stage's stride: every stage's freq_embed size is an integer
+CONVERSION_MODES = tuple(FREQ_EMBED_FITS)  # the model's own table of freq_embed fits
+_NUM_STAGES = 4  # of every released arch
 
 
 class FittedStateDict(NamedTuple):
@@ -112,12 +112,14 @@ def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[s
             f'used)')
 
 
-def check_downstream_sizes(pt_size: int, tg_size: int) -> None:
-    """Raise :class:`ValueError` unless both sizes are positive multiples of 32 and tg >= pt."""
+def check_downstream_sizes(pt_size: int, tg_size: int, num_stages: int = _NUM_STAGES) -> None:
+    """Raise :class:`ValueError` unless both sizes are positive multiples of the last stage's
+    stride (:func:`~vheat_mm.models.stage_stride`) and tg >= pt."""
+    multiple = stage_stride(num_stages - 1)
     bad = [f'{name}={size}' for name, size in (('pt_size', pt_size), ('tg_size', tg_size))
-           if size <= 0 or size % _SIZE_MULTIPLE]
+           if size <= 0 or size % multiple]
     if bad:
-        raise ValueError(f'image sizes must be positive multiples of {_SIZE_MULTIPLE} (the '
+        raise ValueError(f'image sizes must be positive multiples of {multiple} (the '
                          f'stride of the last stage), got {", ".join(bad)}')
     if tg_size < pt_size:
         raise ValueError(f'tg_size ({tg_size}) is smaller than pt_size ({pt_size}): the '
@@ -129,20 +131,23 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
                         mode: str = 'pad') -> dict:
     """A copy of ``checkpoint`` with each freq_embed enlarged from ``pt_size`` to ``tg_size``.
 
-    Stage i's freq_embed is (s, s, C) with s = size / 4 / 2^i. ``mode='pad'`` zero-pads it at
-    the bottom and right, as the official ``interpolate4downstream.py`` does; ``mode='bicubic'``
-    resizes it with :func:`~vheat_mm.models.resize_freq_embed`. The freq_embeds are those
+    Stage i's freq_embed is (s, s, C) with s = size / stage_stride(i)
+    (:func:`~vheat_mm.models.freq_embed_sizes`). ``mode`` is a fit of
+    :data:`~vheat_mm.models.FREQ_EMBED_FITS`, the table the model's load hook uses: 'pad'
+    zero-pads at the bottom and right, as the official ``interpolate4downstream.py`` does;
+    'bicubic' resizes. The freq_embeds are those
     :func:`~vheat_mm.checkpoint.layout.find_freq_embeds` finds; every other entry and key is
     kept as it is (the same objects); the input is left untouched.
     """
     if mode not in CONVERSION_MODES:
         raise ValueError(f'unknown mode {mode!r}; choose one of {list(CONVERSION_MODES)}')
-    check_downstream_sizes(pt_size, tg_size)
     found = find_freq_embeds(checkpoint)
+    stages = 1 + max(k.stage for k in found)  # find_freq_embeds finds one at least
+    check_downstream_sizes(pt_size, tg_size, stages)
+    fit = FREQ_EMBED_FITS[mode]
     converted = dict(checkpoint)
     for entry in dict.fromkeys(k.entry for k in found):
         converted[entry] = copy.copy(checkpoint[entry])  # keeps OrderedDict and its _metadata
-    stages = 1 + max((k.stage for k in found), default=-1)
     pt_sides, tg_sides = freq_embed_sizes(pt_size, stages), freq_embed_sizes(tg_size, stages)
     for entry, key, stage in found:
         value = checkpoint[entry][key]
@@ -155,6 +160,5 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
                 f'a ({expected}, {expected}, C) freq_embed; is pt_size the resolution the '
                 f'checkpoint was trained at?')
         target = (tg_sides[stage],) * 2
-        converted[entry][key] = (pad_freq_embed(value, target) if mode == 'pad'
-                                 else resize_freq_embed(value, target))
+        converted[entry][key] = fit(value, target)
     return converted
