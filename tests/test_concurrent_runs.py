@@ -22,8 +22,8 @@ from mmengine.config import Config
 
 from helpers import CONFIGS, ROOT, python_tool, remove_checkpoints, synthetic_shapes, write_config
 from test_interruption import CHILD_ENV, CLASSIFIER
-from vheat_mm.checkpoint.atomic import (leftover_temporaries, replaced_atomically,
-                                        temporary_files, this_host)
+from vheat_mm.checkpoint.atomic import leftover_temporaries, replaced_atomically, temporary_files
+from vheat_mm.liveness import this_host
 from vheat_mm.mm import tool_config
 from vheat_mm.mm.tool_config import ToolConfigError
 from vheat_mm.mm.work_dir_lock import LOCK_FILE, WorkDirInUse, WorkDirLock

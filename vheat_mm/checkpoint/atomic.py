@@ -12,25 +12,21 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
 
-__all__ = ['TemporaryFile', 'leftover_temporaries', 'pid_alive', 'replaced_atomically',
-           'temporary_files', 'this_host', 'write_checkpoint']
+from ..liveness import pid_alive, this_host
+
+__all__ = ['TemporaryFile', 'leftover_temporaries', 'replaced_atomically', 'temporary_files',
+           'write_checkpoint']
 
 _TEMPORARY = re.compile(r'^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]{1,10})\.'
                         r'[0-9a-f]{16}\.tmp$')
 _OLD_TEMPORARY = re.compile(r'^\.(?P<name>.+)\.[0-9a-f]{32}\.tmp$')  # no writer in the name
 _HOST_KEPT = re.compile(rb'[A-Za-z0-9-]')
-
-
-def this_host() -> str:
-    """This machine's host name (``socket.gethostname()``)."""
-    return socket.gethostname()
 
 
 def _encode_host(host: str) -> str:
@@ -41,27 +37,6 @@ def _encode_host(host: str) -> str:
 def _decode_host(encoded: str) -> str:
     return re.sub(r'_([0-9a-f]{2})', lambda m: chr(int(m.group(1), 16)), encoded).encode(
         'latin-1').decode(errors='replace')
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host (another user's counts; so does a zombie).
-
-    Only on POSIX systems can this be asked without touching the process; elsewhere every pid
-    counts as alive.
-    """
-    if os.name != 'posix':
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import uuid
 
 from mmengine.logging import print_log
 
-from ..checkpoint.atomic import pid_alive, this_host
+from ..liveness import pid_alive, this_host
 
 __all__ = ['LOCK_FILE', 'WorkDirInUse', 'WorkDirLock']
 
