@@ -64,6 +64,18 @@ def test_explicit_sha256_is_checked(served, tmp_path):
     assert Path(cached_download(url, str(tmp_path / 'cache'), sha256=digest)).is_file()
 
 
+def test_a_release_records_sha256_is_checked(served, tmp_path, monkeypatch):
+    """An official release whose record (vheat_mm/variants.py) states its sha256 must match it."""
+    server, digest = served
+    url = server.url('payload.pth')
+    monkeypatch.setitem(download.RELEASE_SHA256, url, 'f' * 64)
+    with pytest.raises(CheckpointError, match=re.escape(f'not the expected {"f" * 64}')):
+        cached_download(url, str(tmp_path / 'cache'))
+    assert list((tmp_path / 'cache').iterdir()) == []
+    monkeypatch.setitem(download.RELEASE_SHA256, url, digest)
+    assert Path(cached_download(url, str(tmp_path / 'cache'))).is_file()
+
+
 def _rank(rank: int, url: str, cache: str, init: str, results) -> None:
     dist.init_process_group('gloo', init_method=init, rank=rank, world_size=2)
     try:

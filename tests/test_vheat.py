@@ -7,6 +7,7 @@ import torch
 
 from helpers import DATA, MINI, MINI_POST, mini_arch
 from vheat_mm.models import ARCH_SETTINGS, VHeat, VHeatFeatures
+from vheat_mm.variants import ARCHS
 
 
 def official_keys():
@@ -54,8 +55,9 @@ def test_tiny_state_dict_is_official():
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
 
 
-# The parameter count of every arch of ARCH_SETTINGS (the released weights' counts).
-PARAMETER_COUNTS = {'tiny': 30_853_480, 'small': 52_220_392, 'base': 92_132_328}
+# The parameter count of every arch of ARCH_SETTINGS (the released weights' counts), as the
+# arch records (vheat_mm/variants.py) state them.
+PARAMETER_COUNTS = {arch.name: arch.params for arch in ARCHS}
 
 
 @pytest.mark.slow

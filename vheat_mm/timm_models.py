@@ -33,30 +33,31 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs, register_m
                          resolve_pretrained_cfg)
 from torch import nn
 
-from .checkpoint import (PRETRAINED_URLS, CheckpointError, checkpoint_filter_fn, is_url,
-                         read_checkpoint)
+from .checkpoint import CheckpointError, checkpoint_filter_fn, is_url, read_checkpoint
 from .checkpoint.download import shown_url
 from .checkpoint.messages import shown_path
 from .models import VHeat
+from .variants import Release, classifiers
 
 __all__ = ['MODEL_NAMES', 'register_timm_models']  # and the model functions
 
-MODEL_NAMES = tuple(f'vheat_{arch}' for arch in PRETRAINED_URLS)
+MODEL_NAMES = tuple(f'vheat_{release.arch}' for release in classifiers())
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _pretrained_cfg(arch: str) -> dict:
-    return dict(url=PRETRAINED_URLS[arch], num_classes=1000, input_size=(3, 224, 224),
+def _pretrained_cfg(release: Release) -> dict:
+    return dict(url=release.url, num_classes=1000, input_size=(3, 224, 224),
                 pool_size=(7, 7), crop_pct=0.875, interpolation='bicubic',
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv='patch_embed.conv1',
                 classifier=VHeat.FC_NAME, fixed_input_size=False, license='apache-2.0',
                 paper_ids='arXiv:2405.16555', origin_url='https://github.com/MzeroMiko/vHeat')
 
 
-# timm reads the variants' configs from the module's ``default_cfgs`` when it registers a name
-default_cfgs = generate_default_cfgs({f'vheat_{arch}.in1k': _pretrained_cfg(arch)
-                                      for arch in PRETRAINED_URLS})
+# timm reads the variants' configs from the module's ``default_cfgs`` when it registers a name:
+# one per released classifier (vheat_mm/variants.py)
+default_cfgs = generate_default_cfgs({f'vheat_{release.arch}.in1k': _pretrained_cfg(release)
+                                      for release in classifiers()})
 
 
 def _vheat_with_timm_keywords(*, arch: str | dict, in_chans: int = 3, **kwargs) -> VHeat:

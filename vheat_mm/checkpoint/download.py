@@ -15,15 +15,18 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from ..variants import RELEASES, pretrained_urls
 from .atomic import replaced_atomically, temporary_files
 from .errors import CheckpointError
 from .messages import cut, shown, shown_path
 
 logger = logging.getLogger(__name__)
 
-# The official ImageNet-1k releases (github MzeroMiko/vHeat), per arch.
-PRETRAINED_URLS = {arch: f'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/'
-                         f'vHeat_{arch}.pth' for arch in ('tiny', 'small', 'base')}
+# The official ImageNet-1k releases (github MzeroMiko/vHeat), per arch, from their records.
+PRETRAINED_URLS = pretrained_urls()
+# The sha256 of each released file whose record states one: what its download must match.
+RELEASE_SHA256 = {release.url: release.sha256 for release in RELEASES
+                  if release.url is not None and release.sha256 is not None}
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -107,14 +110,16 @@ def cached_download(url: str, model_dir: str | None = None, *, sha256: str | Non
     ``FILE.sha256`` (``sha256sum``'s format, plus the file's size, mtime, ctime and inode).
 
     On every use the file is checked against its record and against the expected sha256:
-    ``sha256`` (a prefix is enough) or the hash prefix in the URL's file name (``NAME-<hex>.pth``,
-    torch hub's convention). It is rehashed unless its size, mtime, ctime and inode are those
-    recorded and its times are at least 2 s older than the record (file times may be coarse;
-    any write or ``os.utime`` sets ctime). A changed file is refused naming it and both
-    digests; once it is deleted it is downloaded again, and without an expected sha256 that
-    download must match the record (delete the record to accept a file the server changed). A
-    cached file without a record (an earlier version's, another tool's) is used and recorded if
-    it reads as a checkpoint and matches the expected sha256, and is downloaded again if not.
+    ``sha256`` (a prefix is enough), the hash prefix in the URL's file name (``NAME-<hex>.pth``,
+    torch hub's convention) or an official release's sha256 (:data:`RELEASE_SHA256`, from the
+    records of :mod:`vheat_mm.variants`, where they state one). It is rehashed unless its size,
+    mtime, ctime and inode are those recorded and its times are at least 2 s older than the
+    record (file times may be coarse; any write or ``os.utime`` sets ctime). A changed file is
+    refused naming it and both digests; once it is deleted it is downloaded again, and without
+    an expected sha256 that download must match the record (delete the record to accept a file
+    the server changed). A cached file without a record (an earlier version's, another tool's)
+    is used and recorded if it reads as a checkpoint and matches the expected sha256, and is
+    downloaded again if not.
 
     In a distributed run, rank 0 downloads while the other ranks wait at a barrier, then all
     read the one file (a rank that still finds no file, on a node of its own disk, downloads it
@@ -129,7 +134,8 @@ def cached_download(url: str, model_dir: str | None = None, *, sha256: str | Non
         stem, ext = os.path.splitext(filename)
         filename = f'{stem}.{hashlib.sha256(url.encode()).hexdigest()[:16]}{ext}'
     cached = os.path.join(model_dir, filename)
-    expected = sha256.lower() if sha256 else in_name and in_name.group(1)
+    expected = sha256.lower() if sha256 else (
+        (in_name and in_name.group(1)) or RELEASE_SHA256.get(url))
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
         and torch.distributed.get_world_size() > 1
     if not distributed:

@@ -29,6 +29,7 @@ from ..compat import is_compiling, register_load_state_dict_pre_hook
 from .heat import pad_freq_embed, resize_freq_embed
 from .heat_operator import HeatConductionOperator, HeatContext, TensorCache, build_heat_context
 from ..policy import is_traced, may_overwrite, observed_by_hooks
+from ..variants import arch_settings
 from .layers import Downsample, GlobalAvgPool, LayerNorm, Mlp, ResidualLayerNorm, Stem, drop_path
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'HeatBlock', 'HeatStage', 'VHeat', 'VHeatFeatures',
@@ -43,11 +44,8 @@ del _name
 
 logger = logging.getLogger(__name__)
 
-ARCH_SETTINGS: dict[str, dict] = {
-    'tiny': dict(depths=(2, 2, 6, 2), dims=96, post_norm=False, layer_scale=None),
-    'small': dict(depths=(2, 2, 18, 2), dims=96, post_norm=True, layer_scale=1e-5),
-    'base': dict(depths=(2, 2, 18, 2), dims=128, post_norm=True, layer_scale=1e-5),
-}
+# The named archs' rows, from their records (vheat_mm/variants.py).
+ARCH_SETTINGS: dict[str, dict] = arch_settings()
 # Each name's initial, where no other name shares it ('t', 's', 'b').
 _ARCH_ALIASES = {name[0]: name for name in ARCH_SETTINGS
                  if [other[0] for other in ARCH_SETTINGS].count(name[0]) == 1}
