@@ -33,6 +33,8 @@ def _vheat(arch: str, pretrained: bool | str | os.PathLike, num_classes: int = 1
     return model
 
 
+# One entry point per released classifier of vheat_mm/variants.py, its top-1 in its docstring
+# (tests/test_variants.py checks both against the records).
 def vheat_tiny(pretrained: bool | str | os.PathLike = False, **kwargs) -> VHeat:
     """vHeat-T (arXiv 2405.16555), ImageNet-1k top-1 82.2."""
     return _vheat('tiny', pretrained, **kwargs)
