@@ -1,8 +1,10 @@
-"""The caches of derived tensors stay within their byte budget, and training frees them.
+"""The caches of derived tensors stay within their byte budget, training frees them, and no
+cached tensor outlives the weights it derives from.
 
-Evaluating a detector between epochs runs the backbone at hundreds of distinct padded sizes;
-before the budget, vHeat-T kept every size's decay ** k, resized freq_embed and bases (1.4 GiB
-after 20 COCO-sized inputs, kept through training).
+A deployed detector runs the backbone at hundreds of distinct padded sizes; before the budget,
+vHeat-T kept every size's decay ** k, resized freq_embed and bases (1.4 GiB after 20 COCO-sized
+inputs, kept through training). What derives from weights is cached in the deploy form alone
+(:func:`vheat_mm.policy.caches_weight_derived`); in evaluation only the bases and decay maps are.
 """
 import copy
 import pickle
@@ -37,7 +39,8 @@ def fill_caches(model: VHeatFeatures, height: int, width: int) -> None:
 
 
 def test_tiny_at_detection_sizes_stays_within_512_mib_and_train_frees_it():
-    model = VHeatFeatures('tiny', img_size=512).eval()
+    model = VHeatFeatures('tiny', img_size=512)
+    model.switch_to_deploy()
     assert model.heat_cache.limit_bytes == 512 * MiB
     per_size = []
     for height, width in detection_sizes(20):
@@ -55,7 +58,8 @@ def test_tiny_at_detection_sizes_stays_within_512_mib_and_train_frees_it():
 
 
 def test_most_recent_sizes_stay_cached():
-    model = VHeatFeatures(MINI, img_size=64).eval()
+    model = VHeatFeatures(MINI, img_size=64)
+    model.switch_to_deploy()
     fill_caches(model, 160, 160)
     limit = model.cached_nbytes() * 3 // 2  # room for the largest size, not for two more
     model.clear_caches()
@@ -70,9 +74,12 @@ def test_most_recent_sizes_stay_cached():
     assert not any('16x16' in name for name in last)  # the first size was dropped
 
 
-def test_outputs_are_the_same_with_any_budget():
+@pytest.mark.parametrize('deploy', [False, True], ids=['eval', 'deploy'])
+def test_outputs_are_the_same_with_any_budget(deploy):
     x = [torch.randn(1, 3, 64 + 32 * i, 96) for i in range(3)]
     model = VHeatFeatures(MINI, img_size=64).eval()
+    if deploy:
+        model.switch_to_deploy()
     with torch.no_grad():
         reference = [model(t) for t in x]
         for limit in (0, 50_000, 10 * MiB):
@@ -93,6 +100,21 @@ def test_an_entry_larger_than_the_budget_is_not_stored():
     small = cache.get('small', lambda: torch.ones(10), device=torch.device('cpu'),
                       dtype=torch.float32)
     assert list(cache.buffers()) == [small]
+
+
+def test_evaluation_caches_only_what_the_feature_size_gives():
+    """Bases and decay maps, never a tensor derived from weights (the cache rule)."""
+    model = VHeatFeatures(MINI, img_size=64).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 80))
+    names = [name.split('.')[-1] for name, _ in model.named_buffers()]
+    assert names and all(name.startswith(('cache_dct', 'cache_log_decay')) for name in names), names
+    model.switch_to_deploy()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 80))
+    names = [name.split('.')[-1] for name, _ in model.named_buffers()]
+    assert any('attenuation' in name for name in names)
+    assert any(name.startswith('cache_freq_embed') for name in names)
 
 
 @pytest.mark.parametrize('deploy', [False, True], ids=['eval', 'deploy'])

@@ -296,46 +296,51 @@ def _folded_buffers(model):
     return {name: buf for name, buf in model.named_buffers() if '.cache_attenuation' in name}
 
 
-def test_evaluation_caches_attenuation_until_the_weights_change():
-    """Under no_grad decay**k and the resized freq_embed are computed once per size, kept as
-    non-persistent buffers, and rebuilt after an optimizer step or a load_state_dict."""
+def test_evaluation_follows_the_weights_and_the_deploy_form_folds_per_size():
+    """In evaluation decay**k and the resized freq_embed are computed on every forward (no
+    cached copy to compare with the weights: tests/test_host_syncs.py), so the outputs follow an
+    optimizer step and a load_state_dict; the deploy form folds them once per size into
+    non-persistent buffers."""
     model = VHeatFeatures(MINI, img_size=64).eval()
     x = torch.randn(1, 3, 96, 80)
     with torch.no_grad():
         first = model(x)
-        cached = _folded_buffers(model)
         again = model(x)
-    sizes = ['{}x{}'.format(*f.shape[-2:]) for f in first]
-    assert sorted(cached) == sorted(f'heat_cache.cache_attenuation{i}_{j}_{sizes[i]}'
-                                    for i, stage in enumerate(model.layers)
-                                    for j in range(len(stage.blocks)))
-    assert all(buf is _folded_buffers(model)[k] for k, buf in cached.items())  # not rebuilt
+    assert not _folded_buffers(model)
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert not any('cache_' in k for k in model.state_dict())
 
-    # train a step: entering training frees the cache (tests/test_caches.py), and what is
-    # cached afterwards must follow the new weights
     model.train()
-    assert not _folded_buffers(model)
     sum(f.sum() for f in model(x)).backward()
     assert not _folded_buffers(model)  # training computes decay ** k anew: nothing cached
-    model.eval()
-    with torch.no_grad():
-        model(x)
-    assert _folded_buffers(model).keys() == cached.keys()
     torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.eval()
     fresh = VHeatFeatures(MINI, img_size=64).eval()
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         for a, b in zip(model(x), fresh(x)):
             torch.testing.assert_close(a, b)
-        # load_state_dict copies in place: the cache follows too
         model.load_state_dict(VHeatFeatures(MINI, img_size=64).state_dict())
         reference = VHeatFeatures(MINI, img_size=64).eval()
         reference.load_state_dict(model.state_dict())
         for a, b in zip(model(x), reference(x)):
             torch.testing.assert_close(a, b)
+
+    model.switch_to_deploy()
+    with torch.no_grad():
+        deployed = model(x)
+        cached = _folded_buffers(model)
+        deployed_again = model(x)
+    sizes = ['{}x{}'.format(*f.shape[-2:]) for f in deployed]
+    assert sorted(cached) == sorted(f'heat_cache.cache_attenuation{i}_{j}_{size}'
+                                    for i, stage in enumerate(model.layers)
+                                    for j in range(len(stage.blocks))
+                                    for size in {sizes[i], '{}x{}'.format(*model.freq_embed[i].shape[:2])})
+    assert all(buf is _folded_buffers(model)[k] for k, buf in cached.items())  # not rebuilt
+    for a, b, c in zip(deployed, deployed_again, reference(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c)
+    assert not any('cache_' in k for k in model.state_dict())
 
 
 def test_training_recomputes_attenuation_with_gradients():

@@ -5,8 +5,7 @@ Three questions are asked all over the network and answered only here:
 - :func:`needs_grad`: does autograd record an operation on these tensors? The kernels take
   their inference path where it does not (:func:`vheat_mm.kernels.dispatch.route`).
 - :func:`may_overwrite`: may a step write its result into the storage of a tensor it reads?
-- :func:`cache_sources`: may a tensor derived from weights be cached, and against what is the
-  cached copy checked?
+- :func:`caches_weight_derived`: may a tensor derived from weights be cached?
 
 The in-place rule. A step may write its result into the storage of a tensor it reads
 (``y.add_(x)`` for ``x + y``, GELU or SiLU in place) only when
@@ -26,12 +25,15 @@ While ``torch.compile`` traces, storages cannot be compared and hooks are not ch
 autograd is, and the compiler plans the buffers itself.
 
 The cache rule. A tensor derived from weights (a resized freq_embed, decay ** k) is cached only
-where autograd does not need it, and is used again only while the weights hold the values it
-was derived from: the cache keeps a copy of them and compares it, value for value, on every use
-(:class:`vheat_mm.models.heat_operator.TensorCache`). An edit through ``.data``, a
-``functional_call`` with other tensors, a parametrization or EMA's parameter swap therefore
-rebuilds it. In the deploy form the derived tensors are folded once and used without that
-comparison.
+in the deploy form, where ``switch_to_deploy()`` folds it for weights it then freezes (and
+checks, by identity and version counter alone, at each eager forward). Everywhere else (training,
+evaluation, compiled code) it is computed on every forward, as the official code does outside
+its ``infer_mode``. Whether a cached copy still matches the weights could only be told by
+comparing values, which reads the device (a device-to-host synchronisation on a GPU): version
+counters miss an edit through ``.data`` (pruning, mmengine's EMA swap), and a
+``functional_call`` or a parametrization hands in other tensors. So no forward compares weights
+with a cache, and none can meet a stale value. What depends on the feature size alone (DCT
+bases, decay maps) is cached in every form.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 
 from .compat import is_compiling, is_exporting
 
-__all__ = ['cache_sources', 'has_forward_hooks', 'is_exporting', 'is_traced', 'may_overwrite',
+__all__ = ['caches_weight_derived', 'has_forward_hooks', 'is_exporting', 'is_traced', 'may_overwrite',
            'needs_grad', 'observed_by_hooks']
 
 # Whether the forward running now is watched by a module's forward hook (observed_by_hooks).
@@ -111,13 +113,7 @@ def may_overwrite(target: Tensor | None, *reads: Tensor | None) -> bool:
     return all(t is None or t.untyped_storage().data_ptr() != storage for t in reads)
 
 
-def cache_sources(deploy: bool, *weights: Tensor) -> tuple[Tensor, ...] | None:
-    """The cache rule (module docstring) for a tensor derived from ``weights``: None where it
-    must be computed anew (autograd needs it, or ``torch.compile`` traces outside the deploy
-    form, where values cannot be compared); otherwise the sources the cached copy is checked
-    against: the weights themselves, or none in the deploy form."""
-    if deploy:
-        return ()
-    if is_compiling() or needs_grad(*weights):
-        return None
-    return weights
+def caches_weight_derived(deploy: bool) -> bool:
+    """The cache rule (module docstring): whether a tensor derived from weights may be cached,
+    which only the deploy form allows; elsewhere it is computed anew on every forward."""
+    return deploy

@@ -9,22 +9,22 @@ What the HCO derives (bases, decay maps, resized embeddings, decay ** k) is kept
 :class:`TensorCache`, owned by the model (the trunk's ``heat_cache``) and handed to every
 operator in the :class:`HeatContext` of its stage, with the model's deploy flag. The operators
 hold no state of their own: each names its entries by its ``cache_key``. Bases and decay maps
-depend on the feature size alone; what derives from weights follows the cache rule
-(:func:`vheat_mm.policy.cache_sources`). In the deploy form (``switch_to_deploy``) the derived
-tensors are folded once and used without comparing them with the weights: the weights are
-frozen, and ``switch_to_deploy()`` is called again after changing them.
+depend on the feature size alone and are cached in every form; what derives from weights follows
+the cache rule (:func:`vheat_mm.policy.caches_weight_derived`): it is cached in the deploy form
+alone (``switch_to_deploy`` folds it for weights it freezes; call it again after changing them)
+and computed on every forward otherwise, so no forward compares weights with a cached copy.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..compat import is_compiling
-from ..policy import cache_sources
+from ..policy import caches_weight_derived
 from .heat import (dct_basis, float32_under_autocast, has_size, heat_conduction,
                    heat_log_decay_map, resize_freq_embed)
 from .layers import (DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear,
@@ -39,9 +39,9 @@ class TensorCache(nn.Module):
     One cache serves a whole model (the trunk's ``heat_cache``): the bases, decay maps and
     resized freq_embeds of every stage and the decay ** k of every HCO. Buffers follow
     ``module.to()`` and stay out of the state dict. An entry is rebuilt when its device or
-    dtype no longer matches the request, or when the request's ``sources`` (the weights it
-    derives from) differ in shape, dtype, device or any value from the copies kept when it was
-    built (the copies count towards the limit). Before an entry is stored, the least recently
+    dtype no longer matches the request; an entry is never compared with anything on the device
+    (what derives from weights is cached in the deploy form alone:
+    :func:`~vheat_mm.policy.caches_weight_derived`). Before an entry is stored, the least recently
     used entries are dropped until it fits within ``limit_bytes``; an entry larger than the
     whole limit is not stored. Evaluating a detector at hundreds of distinct padded sizes then
     keeps the last few sizes only. Entries never require grad and are built outside inference
@@ -49,9 +49,7 @@ class TensorCache(nn.Module):
     autocast state of the call that built them.
 
     While ``torch.compile`` or ``torch.export`` traces (:func:`vheat_mm.compat.is_compiling`),
-    the cache is read-only and is asked for entries without sources only (the deploy form's,
-    :func:`~vheat_mm.policy.cache_sources`): an entry of the right device and dtype is used as
-    it is, and a missing one is computed in the graph without being stored (registering a
+    the cache is read-only: an entry of the right device and dtype is used as it is, and a missing one is computed in the graph without being stored (registering a
     buffer while tracing would change the module and force a recompilation on the next call).
 
     Threads may share the cache (one model serving inference in several threads): its
@@ -64,7 +62,6 @@ class TensorCache(nn.Module):
     def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES):
         super().__init__()
         self.limit_bytes = int(limit_bytes)
-        self._sources: dict[str, tuple[Tensor, ...]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
 
@@ -77,12 +74,13 @@ class TensorCache(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held now by the entries and the copies of their sources."""
+        """Bytes held now by the entries."""
         with self._lock:
-            return sum(self._entry_nbytes(name) for name in self._buffers)
+            return _nbytes(*self._buffers.values())
 
     def get(self, key: str, build: Callable[[], Tensor], *, device: torch.device,
-            dtype: torch.dtype, sources: Sequence[Tensor] = ()) -> Tensor:
+            dtype: torch.dtype) -> Tensor:
+        """The entry ``key`` on ``device`` in ``dtype``, built by ``build`` where absent."""
         name = f'cache_{key}'
         if is_compiling():
             # neither dict.get nor a change of grad mode: torch 2.1's compiler has no dict.get,
@@ -94,23 +92,17 @@ class TensorCache(nn.Module):
                 return build().detach().to(device=device, dtype=dtype)
         with self._lock:
             cached = self._buffers.get(name)
-            if cached is not None and cached.device == device and cached.dtype == dtype \
-                    and _same_values(self._sources.get(name, ()), sources):
+            if cached is not None and cached.device == device and cached.dtype == dtype:
                 self._recent.move_to_end(name)
                 return cached
             self.drop(name)
             with torch.inference_mode(False), torch.no_grad(), \
                     torch.autocast(device.type, enabled=False):
                 cached = build().to(device=device, dtype=dtype)
-                copies = tuple(t.detach().clone() for t in sources)
-            if self._make_room(_nbytes(cached, *copies)):
+            if self._make_room(_nbytes(cached)):
                 self.register_buffer(name, cached, persistent=False)
-                self._sources[name] = copies
                 self._recent[name] = None
             return cached
-
-    def _entry_nbytes(self, name: str) -> int:
-        return _nbytes(self._buffers[name], *self._sources.get(name, ()))
 
     def _make_room(self, nbytes: int) -> bool:
         """Drop least recently used entries until ``nbytes`` more fit; False if they never do."""
@@ -119,14 +111,13 @@ class TensorCache(nn.Module):
         held = self.nbytes
         while self._recent and held + nbytes > self.limit_bytes:
             oldest = next(iter(self._recent))
-            held -= self._entry_nbytes(oldest)
+            held -= _nbytes(self._buffers[oldest])
             self.drop(oldest)
         return True
 
     def drop(self, name: str) -> None:
         with self._lock:
             self._buffers.pop(name, None)
-            self._sources.pop(name, None)
             self._recent.pop(name, None)
 
     def clear(self) -> None:
@@ -143,21 +134,12 @@ def _nbytes(*tensors: Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _same_values(kept: Sequence[Tensor], sources: Sequence[Tensor]) -> bool:
-    """Whether ``sources`` hold exactly the values of ``kept`` (and their shapes, dtypes and
-    devices); NaN equals nothing, so an entry derived from NaN is always rebuilt."""
-    return len(kept) == len(sources) and all(
-        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-        for a, b in zip(kept, sources))
-
-
 class HeatContext(NamedTuple):
     """What every block of a stage shares at one feature size (H, W)."""
     basis_h: Tensor      # (H, H) DCT-II basis
     basis_w: Tensor      # (W, W) DCT-II basis
     log_decay: Tensor    # (H, W) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
     freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
-    freq_embed_param: Tensor  # the stage's freq_embed parameter, which freq_embed derives from
     deploy: bool         # the deploy form: derived tensors are folded (module docstring)
     cache: TensorCache   # the model's cache, where each HCO keeps its decay ** k
 
@@ -167,33 +149,32 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
     """Bases, decay map and ``freq_embed`` (H', W', C) at feature size (height, width).
 
     The bases and the decay map are cached in ``cache`` per size; ``freq_embed`` resized to
-    another size is cached under ``key`` (a name of the parameter, e.g. its stage) as the cache
-    rule allows (:func:`~vheat_mm.policy.cache_sources`). At its own size it is used as it is
-    (not cached: a buffer aliasing a parameter would break ``torch.export``).
+    another size is cached under ``key`` (a name of the parameter, e.g. its stage) where the
+    cache rule allows (:func:`~vheat_mm.policy.caches_weight_derived`: in the deploy form). At
+    its own size it is used as it is (not cached: a buffer aliasing a parameter would break
+    ``torch.export``).
     """
     kw = dict(device=device, dtype=freq_embed.dtype)
-    sources = cache_sources(deploy, freq_embed)
-    if sources is None or has_size(freq_embed, (height, width)):
+    if not caches_weight_derived(deploy) or has_size(freq_embed, (height, width)):
         resized = resize_freq_embed(freq_embed, (height, width))
     else:
         resized = cache.get(f'{key}_{height}x{width}',
-                            lambda: resize_freq_embed(freq_embed, (height, width)), **kw,
-                            sources=sources)
+                            lambda: resize_freq_embed(freq_embed, (height, width)), **kw)
     return HeatContext(
         cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
         cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
         cache.get(f'log_decay{height}x{width}', lambda: heat_log_decay_map(height, width), **kw),
-        resized, freq_embed, deploy, cache)
+        resized, deploy, cache)
 
 
 class HeatConductionOperator(nn.Module):
     """HCO: dwconv -> linear to [u, z]; u <- IDCT(DCT(u) * decay^k); out_linear(LN(u) * SiLU(z)).
 
     k = ReLU(Linear(freq_embed)) is the learned per-frequency, per-channel conductivity.
-    The attenuation decay^k is recomputed on every forward when gradients may flow to the
-    weights (training). Otherwise it is cached per feature size in the model's cache, under
-    ``cache_key`` (module docstring): in evaluation while the weights keep their values, in the
-    deploy form (``ctx.deploy``) until ``switch_to_deploy()`` folds it again.
+    The attenuation decay^k is computed on every forward from the weights (training and
+    evaluation alike); in the deploy form (``ctx.deploy``) it is folded per feature size into
+    the model's cache, under ``cache_key`` (module docstring), until ``switch_to_deploy()``
+    folds it again.
 
     Under ``torch.autocast`` the attenuation (k and decay^k) is computed in float32 (k from a
     bfloat16 linear puts decay^k off at high frequencies: tests/test_precision.py), the DCT and
@@ -219,19 +200,16 @@ class HeatConductionOperator(nn.Module):
         self.to_k = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
 
     def attenuation(self, ctx: HeatContext) -> Tensor:
-        """decay ** k, shape (H, W, C), cached per feature size in ``ctx.cache`` as
-        :func:`~vheat_mm.policy.cache_sources` allows; otherwise (training, and compiled code
-        outside the deploy form) computed anew."""
-        linear = self.to_k[0]
-        sources = cache_sources(ctx.deploy, ctx.freq_embed_param, linear.weight, linear.bias)
-        if sources is None:
+        """decay ** k, shape (H, W, C): folded per feature size into ``ctx.cache`` in the
+        deploy form, computed anew otherwise (:func:`~vheat_mm.policy.caches_weight_derived`)."""
+        if not caches_weight_derived(ctx.deploy):
             return self._decay_pow_k(ctx)
         # unpacked, not ctx.cache: torch 2.1's compiler cannot read a module as an attribute
         # of a tuple made while it traces
-        _, _, log_decay, _, _, _, cache = ctx
+        _, _, log_decay, _, _, cache = ctx
         h, w = log_decay.shape
         return cache.get(f'{self.cache_key}_{h}x{w}', lambda: self._decay_pow_k(ctx),
-                         device=log_decay.device, dtype=log_decay.dtype, sources=sources)
+                         device=log_decay.device, dtype=log_decay.dtype)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
         """decay ** k = exp(k * log decay), in float32 under autocast."""

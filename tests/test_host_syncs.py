@@ -1,0 +1,52 @@
+"""No step of vHeat makes the host wait for the device, and few calls cross the dispatcher.
+
+Counted on the CPU with tools/analysis_tools/benchmarking/dispatch_counts.py (the benchmark
+reports the same counts): a call of ``equal``, ``item``, ``_local_scalar_dense``,
+``is_nonzero`` or ``nonzero`` would be a device-to-host synchronisation on a GPU, and would
+keep the step out of a CUDA graph.
+"""
+import pytest
+import torch
+
+from helpers import ROOT, load_script
+from vheat_mm.models import VHeat
+
+counts = load_script(ROOT / 'tools/analysis_tools/benchmarking/dispatch_counts.py')
+
+
+def _model(form: str) -> VHeat:
+    torch.manual_seed(0)
+    model = VHeat('tiny', img_size=64, num_classes=10)
+    if form == 'train':
+        return model.train()
+    if form == 'deploy':
+        model.switch_to_deploy()
+    return model.eval()
+
+
+def _step(model: VHeat, form: str, x: torch.Tensor):
+    if form == 'train':
+        return lambda: model(x).logsumexp(1).mean().backward()
+    return lambda: model(x)
+
+
+@pytest.mark.parametrize('size', [64, 96])  # the model's own size, and another
+@pytest.mark.parametrize('form', ['eval', 'deploy', 'train'])
+def test_no_step_waits_for_the_device(form, size):
+    """Eval and deployed forwards, and a training step's forward and backward, at a size the
+    caches have seen and at a new one."""
+    model = _model(form)
+    x = torch.randn(2, 3, size, size)
+    with torch.set_grad_enabled(form == 'train'):
+        _step(model, form, x)()  # the caches have seen this size
+        seen = counts.count_dispatch(_step(model, form, x))
+        new = counts.count_dispatch(_step(model, form, torch.randn(2, 3, size + 32, size)))
+    assert seen.calls > 0
+    assert not seen.syncs and not new.syncs, (seen.syncs, new.syncs)
+
+
+def test_the_counter_sees_a_sync():
+    assert counts.count_dispatch(lambda: torch.ones(2).sum().item()).syncs == {
+        'aten::_local_scalar_dense': 1}
+    assert counts.count_dispatch(lambda: torch.equal(torch.ones(2), torch.ones(2))).syncs == {
+        'aten::equal': 1}
