@@ -92,3 +92,32 @@ def test_map_location_is_honoured(loader, tmp_path):
 
     LOADERS[loader](nn.Linear(2, 2), str(path), map_location=remap)
     assert seen == ['cpu', 'cpu']
+
+
+def test_a_model_wrapped_for_a_distributed_tta_test_gets_the_weights(tmp_path):
+    """DDP around a TTA model, as ``dist_test.sh --tta`` builds it: mmengine's Runner unwraps
+    the first wrapper and mmengine's ``load_state_dict`` the second; VHeatRunner's loading
+    reaches the model inside both, and checks the fit against what it loaded."""
+    from mmengine.model import BaseModel, BaseTTAModel
+
+    class Net(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.backbone = resnet18()
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            return self.backbone(inputs)
+
+    class TTA(BaseTTAModel):
+        def merge_preds(self, data_samples_list):
+            return data_samples_list
+
+    source = Net()
+    path = tmp_path / 'net.pth'
+    save_checkpoint({'state_dict': weights_to_cpu(get_state_dict(source)),
+                     'meta': dict(epoch=1, iter=10)}, str(path))
+    target = Net()
+    wrapped = nn.DataParallel(TTA(module=target))  # a model wrapper of mmengine's registry
+    vheat_load_checkpoint(wrapped, str(path), strict=True)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key

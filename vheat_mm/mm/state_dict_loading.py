@@ -90,7 +90,9 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
                     revise_keys: Sequence[tuple[str, str]] = ((r'^module\.', ''),)) -> None:
     """Load ``checkpoint`` (its ``state_dict``, or itself) into ``model`` as mmengine's
     ``_load_checkpoint_to_model`` does (``revise_keys`` applied), official vHeat keys
-    converted, then check the fit; ``source`` names the file in messages."""
+    converted, then check the fit; ``source`` names the file in messages. The weights go into
+    the model inside every wrapper (:func:`unwrapped`: DDP around a TTA model, as a distributed
+    ``--tta`` test builds it), the one whose keys the fit is checked against."""
     source = described(source, checkpoint)
     state_dict = checkpoint.get('state_dict', checkpoint)
     if not isinstance(state_dict, Mapping):
@@ -119,7 +121,7 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
         for k, v in converted.items())
     if metadata is not None:
         converted._metadata = metadata
-    load_state_dict(model, converted, strict)
+    load_state_dict(target, converted, strict)  # mmengine's unwraps one level per module
     check_fit(source, list(own), [k for k in converted if not k.endswith(_COUNTERS)],
               mismatched=_mismatched(target, converted, own), strict=strict)
 
