@@ -455,10 +455,27 @@ def test_the_demo_names_the_step_that_fails_and_starts_each_step_afresh(tmp_path
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b'from an earlier run')
     images = sorted(p.name for p in (data / 'train').iterdir())
-    done = python_tool('tools/shapes_demo.py', '--quick', '--data-root', data, '--work-dir', work,
-                       returncode=1, timeout=600)
+    done = python_tool('tools/shapes_demo.py', '--quick', '--num-train', '8', '--num-val', '2',
+                       '--data-root', data, '--work-dir', work, returncode=1, timeout=600)
     assert done.stderr.strip().splitlines()[-1].startswith(
         'shapes_demo.py: error: step "1 pretrain (tools/train.py)" failed: ')
     assert not stale.exists()  # never taken for this run's checkpoint
     assert sorted(p.name for p in (data / 'train').iterdir()) == images
     assert not (data / 'classification' / 'train').exists()  # the data was not made again
+    assert f'reusing the 8 + 2 shapes images in {data}' in done.stdout
+
+
+def test_the_demo_generates_its_data_again_for_other_image_counts(tmp_path, monkeypatch, capsys):
+    """An earlier run's data of other image counts is not taken for this run's, nor silently."""
+    monkeypatch.syspath_prepend(str(ROOT / 'tools'))  # shapes_demo imports synthetic_shapes
+    demo = shapes_demo()
+    demo.make_data(tmp_path, 4, 2)
+    assert demo.image_counts(tmp_path) == (4, 2)
+    demo.make_data(tmp_path, 4, 2)
+    assert f'reusing the 4 + 2 shapes images in {tmp_path}' in capsys.readouterr().out
+    demo.make_data(tmp_path, 6, 2)
+    assert f'{tmp_path} holds 4 + 2 shapes images, not the 6 + 2 asked for: generating them ' \
+        'again' in capsys.readouterr().out
+    assert demo.image_counts(tmp_path) == (6, 2)
+    crops = {p.name.split('_')[1] for p in (tmp_path / 'classification/train').rglob('*.png')}
+    assert crops == {f'{i:05d}' for i in range(1, 7)}  # the crops derive from the new images

@@ -138,10 +138,31 @@ def last_checkpoint(work_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- data
+def image_counts(data_root: Path) -> tuple[int, int] | None:
+    """The train and val images of the COCO dataset at ``data_root``; None where it has none."""
+    try:
+        return tuple(len(json.loads((data_root / f'annotations/instances_{split}.json')
+                                    .read_text())['images']) for split in ('train', 'val'))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def make_data(data_root: Path, num_train: int, num_val: int) -> None:
-    """Generate the COCO dataset and the crops and label maps derived from it, where absent."""
+    """Generate the COCO dataset and the crops and label maps derived from it, where absent.
+
+    A dataset of other image counts than asked for (an earlier run's) is generated again, with
+    a line saying so; one of those counts is reused, with a line saying so."""
     import synthetic_shapes  # beside this file
 
+    counts = image_counts(data_root)
+    if counts == (num_train, num_val):
+        print(f'reusing the {num_train} + {num_val} shapes images in {data_root} and the data '
+              f'derived from them')
+    elif counts is not None:
+        print(f'{data_root} holds {counts[0]} + {counts[1]} shapes images, not the {num_train} + '
+              f'{num_val} asked for: generating them again')
+        for name in ('train', 'val', 'annotations', 'classification', 'segmentation'):
+            shutil.rmtree(data_root / name, ignore_errors=True)
     if not (data_root / 'annotations/instances_val.json').exists():
         synthetic_shapes.make_shapes_coco(data_root, num_train=num_train, num_val=num_val,
                                           size=IMAGE_SIZE)
@@ -337,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data-root', type=Path, default=ROOT / 'data/shapes')
     parser.add_argument('--work-dir', type=Path, default=ROOT / 'work_dirs/shapes_demo')
-    parser.add_argument('--num-train', type=int, default=400)
+    parser.add_argument('--num-train', type=int, default=1500)
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations of each step, no bar (the test suite\'s check)')

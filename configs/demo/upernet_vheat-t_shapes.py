@@ -3,7 +3,7 @@
 # tools/synthetic_shapes.py's make_semantic_from_coco: 3 shapes and the background), its
 # backbone initialised from the classifier of step 1 through interpolate4downstream.py (step 2),
 # as the paper's UperNet starts from the ImageNet classifier. Lightened for the CPU: 128x128
-# images, narrower decode (128) and auxiliary (64) channels, 200 iterations; tested whole-image,
+# images, narrower decode (128) and auxiliary (64) channels, 160 iterations; tested whole-image,
 # and with --tta at 3 scales and flips.
 _base_ = '../upernet/upernet_vheat-t_8xb2-160k_ade20k-512x512.py'
 
@@ -21,11 +21,15 @@ model = dict(
     auxiliary_head=dict(channels=64, num_classes=4),
     test_cfg=dict(mode='whole'))
 
+# ADE20K's, at this size (random scale 0.75-1.5, crop, flip), without its colour distortion:
+# the class of a shape is its outline, never its colour, and in 160 iterations the distortion
+# cost mIoU (31.3 with it, 34.4 without, 2026-12-07)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=crop_size, ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
@@ -60,11 +64,13 @@ val_dataloader = dict(
                                   seg_map_path='annotations/validation')))
 test_dataloader = val_dataloader
 
-max_iters = 200
-optim_wrapper = dict(optimizer=dict(lr=3e-4))
+max_iters = 160
+# the heads start from scratch, the backbone from step 1: a tenth of the rate for it
+optim_wrapper = dict(optimizer=dict(lr=1e-3),
+                     paramwise_cfg=dict(custom_keys=dict(backbone=dict(lr_mult=0.1))))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=30, end=max_iters),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=20, end=max_iters),
 ]
 # no validation while training: tools/test.py evaluates the final checkpoint
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_begin=max_iters + 1,
