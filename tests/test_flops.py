@@ -9,8 +9,8 @@ from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
 from helpers import MINI, ROOT, load_script
-from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
-from vheat_mm.models import VHeat
+from vheat_mm.mm.flops import flop_analyzer
+from vheat_mm.models import VHeat, switch_to_deploy
 from vheat_mm.models.heat import dct_2d, dct_basis, heat_conduction
 
 TOOL = ROOT / 'tools' / 'analysis_tools' / 'get_flops.py'

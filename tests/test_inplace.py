@@ -13,7 +13,7 @@ from vheat_mm.models import HeatConductionOperator, VHeat, VHeatFeatures
 from vheat_mm.models.layers import (DepthwiseConv3x3, GatedLayerNorm, LayerNorm, Mlp,
                                     PointwiseConv, PointwiseLinear)
 from vheat_mm.policy import may_overwrite
-from vheat_mm.models.vheat import HeatBlock
+from vheat_mm.models.blocks import HeatBlock
 
 MINI_SCALED = dict(MINI, layer_scale=0.5)  # pre-norm with layer scale
 ARCHS = {'pre_norm': MINI, 'pre_norm_scaled': MINI_SCALED, 'post_norm': MINI_POST}

@@ -4,7 +4,7 @@
 Each fact about a variant is stated here once, as timm keeps one ``default_cfgs`` entry per
 weight and torchvision one ``Weights`` member with its URL and metrics. The rest reads it:
 
-- ``ARCH_SETTINGS`` (:mod:`vheat_mm.models.vheat`) is :func:`arch_settings`;
+- ``ARCH_SETTINGS`` (:mod:`vheat_mm.models.arch`) is :func:`arch_settings`;
 - ``PRETRAINED_URLS`` (:mod:`vheat_mm.checkpoint.download`) is :func:`pretrained_urls`, and a
   release's ``sha256``, where known, is what its download must match;
 - timm's ``default_cfgs`` (:mod:`vheat_mm.timm_models`) are built from :func:`classifiers`;

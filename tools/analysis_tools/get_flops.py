@@ -39,8 +39,9 @@ import vheat_mm.mm  # noqa: F401  registers vHeat
 from vheat_mm.checkpoint import CheckpointError
 from vheat_mm.mm import tool_config
 from vheat_mm.mm.cpu_launch import replace_sync_bn
-from vheat_mm.mm.flops import flop_analyzer, switch_to_deploy
+from vheat_mm.mm.flops import flop_analyzer
 from vheat_mm.mm.toolbox import TOOLBOX_PROFILES, import_object, registry
+from vheat_mm.models import switch_to_deploy
 
 
 class Complexity(NamedTuple):

@@ -12,8 +12,8 @@ counts ``numel(left) * right.shape[-1]``, which drops the batch dimensions that 
 gives the left operand: for the transform along W, (W, W) @ (B*H, W, C), it counts W*W*C
 instead of B*H*W*W*C. :func:`matmul_flop_jit` replaces it.
 
-The paper's figures are for the deployed model: :func:`switch_to_deploy` folds decay**k, so
-k = ReLU(Linear(freq_embed)) is not counted.
+The paper's figures are for the deployed model: :func:`vheat_mm.models.switch_to_deploy` folds
+decay**k, so k = ReLU(Linear(freq_embed)) is not counted.
 """
 from __future__ import annotations
 
@@ -24,9 +24,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import Handle, get_shape
 from torch import Tensor, nn
 
-from ..models import VHeatTrunk
-
-__all__ = ['matmul_flop_jit', 'FLOP_HANDLES', 'flop_analyzer', 'switch_to_deploy']
+__all__ = ['matmul_flop_jit', 'FLOP_HANDLES', 'flop_analyzer']
 
 
 def matmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
@@ -52,12 +50,3 @@ def flop_analyzer(model: nn.Module, inputs: Tensor | tuple[Any, ...]) -> FlopAna
     one by one (see ``unsupported_ops()``)."""
     analyzer = FlopAnalyzer(model, inputs).set_op_handle(**FLOP_HANDLES)
     return analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-
-
-def switch_to_deploy(model: nn.Module) -> int:
-    """Switch every vHeat network inside ``model`` to its deployed form; returns how many."""
-    trunks = [m for m in model.modules() if isinstance(m, VHeatTrunk)]
-    for trunk in trunks:
-        trunk.switch_to_deploy()
-    return len(trunks)
-

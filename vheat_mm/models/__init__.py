@@ -1,17 +1,24 @@
 """The vHeat network in plain PyTorch (no OpenMMLab import).
 
 - :mod:`.heat`: the heat conduction as plain functions (DCT bases, decay map, transforms);
-- :mod:`.layers`: generic channels-last layers and the in-place rule;
+- :mod:`.layers`: generic channels-last layers (the in-place rule is :mod:`vheat_mm.policy`'s);
 - :mod:`.heat_operator`: the Heat Conduction Operator and the cache of what it derives;
-- :mod:`.vheat`: architectures, blocks, stages, :class:`VHeatTrunk`, :class:`VHeat`,
-  :class:`VHeatFeatures`.
+- :mod:`.arch`: the architectures, the stride and freq_embed grid of each stage, argument checks;
+- :mod:`.blocks`: the residual block and the stage;
+- :mod:`.freq_embed_fits`: fitting a loaded freq_embed of another resolution (the mode table);
+- :mod:`.trunk`: :class:`VHeatTrunk`, what both models share (stem, freq_embeds, stages, the
+  deploy form, the load hooks);
+- :mod:`.vheat`: the models, :class:`VHeat` (classifier) and :class:`VHeatFeatures` (backbone).
 """
+from .arch import ARCH_SETTINGS, Arch, freq_embed_sizes, resolve_arch, stage_stride
+from .freq_embed_fits import FREQ_EMBED_FITS, fit_freq_embeds
 from .heat import dct_basis, heat_conduction, heat_decay_map, pad_freq_embed, resize_freq_embed
 from .heat_operator import HeatConductionOperator, HeatContext, TensorCache
-from .vheat import (ARCH_SETTINGS, FREQ_EMBED_FITS, Arch, VHeat, VHeatFeatures, VHeatTrunk,
-                    fit_freq_embeds, freq_embed_sizes, resolve_arch, stage_stride)
+from .trunk import VHeatTrunk, switch_to_deploy
+from .vheat import VHeat, VHeatFeatures
 
 __all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'HeatConductionOperator',
            'HeatContext', 'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
            'fit_freq_embeds', 'freq_embed_sizes', 'heat_conduction', 'heat_decay_map',
-           'pad_freq_embed', 'resize_freq_embed', 'resolve_arch', 'stage_stride']
+           'pad_freq_embed', 'resize_freq_embed', 'resolve_arch', 'stage_stride',
+           'switch_to_deploy']

@@ -256,6 +256,8 @@ class Stem(nn.Sequential):
     checkpoints (``patch_embed.norm1.1.weight``).
     """
 
+    STRIDE = 2 * 2  #: conv1's and conv2's: the stride of stage 0's features (``PATCH_SIZE``)
+
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(OrderedDict(
             conv1=nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
