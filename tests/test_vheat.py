@@ -1,12 +1,13 @@
 """The plain-PyTorch model: official equivalence, shapes, deploy form, training contract."""
 import ast
+import inspect
 import re
 
 import pytest
 import torch
 
 from helpers import DATA, MINI, MINI_POST, mini_arch
-from vheat_mm.models import ARCH_SETTINGS, VHeat, VHeatFeatures
+from vheat_mm.models import ARCH_SETTINGS, VHeat, VHeatFeatures, VHeatTrunk
 from vheat_mm.variants import ARCHS
 
 
@@ -77,8 +78,22 @@ def test_unknown_arch_lists_choices():
         VHeat('huge')
     with pytest.raises(ValueError, match=r"unknown keys \['depth'\]"):
         VHeat(dict(depth=(2, 2, 6, 2), dims=96))
-    with pytest.raises(TypeError, match='unexpected keyword'):
+    with pytest.raises(TypeError, match=re.escape(
+            "VHeat got an unexpected keyword argument 'drop_rate' (did you mean "
+            "'drop_path_rate'?); its keywords are arch, num_classes, global_pool, img_size, ")):
         VHeat('tiny', drop_rate=0.1)
+
+
+@pytest.mark.parametrize('cls', [VHeat, VHeatFeatures])
+def test_the_trunks_keywords_are_declared_once(cls):
+    """The models take the trunk's keywords from its signature (their own list only theirs):
+    same names, defaults and annotations, shown in their signatures."""
+    trunk = [p for p in inspect.signature(VHeatTrunk.__init__).parameters.values()
+             if p.kind is p.KEYWORD_ONLY]
+    params = inspect.signature(cls.__init__).parameters
+    assert trunk and all(params[p.name] == p for p in trunk)
+    source = inspect.getsource(cls.__init__)
+    assert not any(f'{p.name}:' in source for p in trunk), 'declared again'
 
 
 SHAPE = 'vHeat expects images of shape (B, 3, H, W), got '

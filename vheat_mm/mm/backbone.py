@@ -12,6 +12,7 @@ from mmengine.model import initialize
 
 from ..checkpoint import load_pretrained
 from ..models import VHeatFeatures
+from ..models.arch import takes_keywords_of
 
 __all__ = ['VHeatBackbone', 'build_official_backbone']
 
@@ -80,15 +81,10 @@ class VHeatBackbone(VHeatFeatures):
     """
 
     @reject_unknown_keywords('vHeat')
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
-                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
-                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False,
-                 init_cfg: dict | list[dict] | None = None):
-        super().__init__(arch, img_size=img_size, freq_embed_fit=freq_embed_fit,
-                         in_channels=in_channels, drop_path_rate=drop_path_rate,
-                         out_indices=out_indices, frozen_stages=frozen_stages, with_cp=with_cp,
-                         check_finite=check_finite)
+    @takes_keywords_of(VHeatFeatures.__init__)
+    def __init__(self, arch: str | dict = 'tiny', *,
+                 init_cfg: dict | list[dict] | None = None, **options):
+        super().__init__(arch, **options)
         self.init_cfg = copy.deepcopy(init_cfg)
         self.is_init = False
 

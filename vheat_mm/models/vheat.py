@@ -16,7 +16,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .arch import check_int_argument, stage_stride
+from .arch import check_int_argument, stage_stride, takes_keywords_of
 from .layers import GlobalAvgPool, LayerNorm
 from .trunk import VHeatTrunk, init_linear
 
@@ -47,13 +47,10 @@ class VHeat(VHeatTrunk):
     FC_NAME = f'classifier.{FC_INDEX}'
     GLOBAL_POOLS = ('avg', '')
 
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
-                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
-                 drop_path_rate: float = 0.0, num_classes: int = 1000, global_pool: str = 'avg',
-                 with_cp: bool = False, check_finite: bool = False):
-        super().__init__(arch, img_size=img_size, freq_embed_fit=freq_embed_fit,
-                         in_channels=in_channels, drop_path_rate=drop_path_rate,
-                         with_cp=with_cp, check_finite=check_finite)
+    @takes_keywords_of(VHeatTrunk.__init__)
+    def __init__(self, arch: str | dict = 'tiny', *, num_classes: int = 1000,
+                 global_pool: str = 'avg', **options):
+        super().__init__(arch, **options)
         self.num_features = self.head_hidden_size = self.arch.dims[-1]
         self.feature_info = [dict(num_chs=dim, reduction=stage_stride(i), module=f'layers.{i}')
                              for i, dim in enumerate(self.arch.dims)]
@@ -192,13 +189,11 @@ class VHeatFeatures(VHeatTrunk):
             those of :class:`VHeatTrunk`.
     """
 
-    def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
-                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
-                 drop_path_rate: float = 0.0, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, with_cp: bool = False, check_finite: bool = False):
-        super().__init__(arch, img_size=img_size, freq_embed_fit=freq_embed_fit,
-                         in_channels=in_channels, drop_path_rate=drop_path_rate,
-                         with_cp=with_cp, check_finite=check_finite)
+    @takes_keywords_of(VHeatTrunk.__init__)
+    def __init__(self, arch: str | dict = 'tiny', *,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 **options):
+        super().__init__(arch, **options)
         given = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
         n = self.num_stages
         out_indices = tuple(i + n if i < 0 else i for i in given)
