@@ -22,7 +22,7 @@ MINI_JSON = json.dumps(dict(MINI, depths=list(MINI['depths'])))
 MINI_NAME = json.dumps(json.loads(MINI_JSON), separators=(',', ':'))  # as the cases name it
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # shared cores: more threads only slow a tiny model down
 QUICK = ('--threads', '1', '--rounds', '2', '--warmup', '1', '--round-seconds', '0.01')
-BENCHMARK_COLUMNS = ('case', 'model', 'speed', 'ratio', 'memory')
+BENCHMARK_COLUMNS = ('case', 'model', 'speed', 'ratio', 'memory', 'calls')
 
 
 def needs(*packages: str):
@@ -43,8 +43,8 @@ def benchmark(out_dir: Path, *args: str) -> tuple[dict, dict, str]:
     report = json.loads((out_dir / 'benchmark.json').read_text())
     lines = (out_dir / 'benchmark.md').read_text().splitlines()
     assert lines[0].startswith('Device: CPU') and lines[1] == ''
-    assert lines[2:4] == ['| case | model | images/s | vheat_mm / this | peak memory (MiB) |',
-                          '|---|---|---|---|---|']
+    assert lines[2:4] == ['| case | model | images/s | vheat_mm / this | peak memory (MiB) | '
+                          'ATen calls (syncs) |', '|---|---|---|---|---|---|']
     rows = {}
     for line in lines[4:]:
         row = cells(line)
@@ -67,6 +67,8 @@ def check_measured(result: dict, row: dict, rounds: int = 2) -> None:
     assert result['peak_memory_mib'] >= 0
     assert row['speed'] == f'{result["median_images_per_s"]:.2f}'
     assert row['memory'] == f'{result["peak_memory_mib"]:.0f}'
+    assert result['aten_calls'] > 0 and result['aten_syncs'] >= 0
+    assert row['calls'] == f'{result["aten_calls"]} ({result["aten_syncs"]})'
 
 
 def check_ratio(row: dict, vheat: dict, other: dict) -> None:
@@ -110,7 +112,7 @@ def test_benchmark_reports_an_arch_dict_without_swin_as_skipped(tmp_path, swin, 
         assert results['swin']['images_per_s'] == [] and results['swin']['median_images_per_s'] \
             is None
         assert rows[name, 'swin'] == dict(case=name, model='swin', speed=f'skipped: {no_mini_swin}',
-                                          ratio='', memory='')
+                                          ratio='', memory='', calls='')
     tiny = results_by_model(report, 'tiny', 'classifier', 'eval')
     row = rows['tiny classifier eval 32x32 batch 1 f32', 'swin']
     if no_tiny_swin is None:

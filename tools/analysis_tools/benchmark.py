@@ -50,6 +50,11 @@ state and without gradients: activations, gradients and temporaries); on the CPU
 resident set size above the level before, sampled every millisecond after returning freed memory
 to the system (glibc ``malloc_trim``), an estimate that includes the allocator's slack. Writes
 ``benchmark.json``, ``benchmark.md`` and (with matplotlib) ``benchmark.png``.
+
+Host work: the ATen calls of one step, counted below autograd
+(``benchmarking/dispatch_counts.py``; a training step's backward and optimizer step included),
+and of them the calls that make the host wait for the device (``item``, ``equal``, ...): each
+call is a trip through the dispatcher, and a waiting one a device-to-host synchronisation.
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ from torch import Tensor, nn
 from benchmarking import official
 from benchmarking.cases import MODELS, PRECISIONS, Case, parse_arch, set_mode
 from benchmarking.competitors import Unavailable, build_official, build_swin
+from benchmarking.dispatch_counts import count_dispatch
 from benchmarking.import_order import import_official_first, vheat_models
 from benchmarking.measure import (Timer, device_description, interleaved_rounds, iterations,
                                   peak_memory_mib, release_freed_memory)
@@ -79,6 +85,8 @@ class Result:
     model: str
     images_per_s: list[float] = field(default_factory=list)
     peak_memory_mib: float | None = None
+    aten_calls: int | None = None   # of one step (dispatch_counts.py), views included
+    aten_syncs: int | None = None   # of them, calls that make the host wait for the device
     skipped: str | None = None
 
     @property
@@ -177,6 +185,9 @@ def run_case(case: Case, builders: dict[str, Callable[[Case], nn.Module]], *, ro
             f'{n} {results[n].images_per_s[-1]:.2f}' for n in steps) + ' images/s')
     for name, step in steps.items():
         results[name].peak_memory_mib = peak_memory_mib(step, device)
+        counts = count_dispatch(step)
+        results[name].aten_calls = counts.calls
+        results[name].aten_syncs = sum(counts.syncs.values())
     steps.clear()
     release_freed_memory(device)
     return list(results.values())
@@ -192,16 +203,17 @@ def ratio(results: list[Result], case: Case, model: str, baseline: str) -> float
 
 def markdown_table(results: list[Result], header: str) -> str:
     lines = [header, '',
-             '| case | model | images/s | vheat_mm / this | peak memory (MiB) |',
-             '|---|---|---|---|---|']
+             '| case | model | images/s | vheat_mm / this | peak memory (MiB) | ATen calls '
+             '(syncs) |',
+             '|---|---|---|---|---|---|']
     for r in results:
         if r.skipped:
-            lines.append(f'| {r.case.name} | {r.model} | skipped: {r.skipped} | | |')
+            lines.append(f'| {r.case.name} | {r.model} | skipped: {r.skipped} | | | |')
             continue
         speedup = ratio(results, r.case, 'vheat_mm', r.model)
         lines.append(f'| {r.case.name} | {r.model} | {r.median:.2f} | '
                      f'{"" if r.model == "vheat_mm" or speedup is None else f"{speedup:.2f}x"} | '
-                     f'{r.peak_memory_mib:.0f} |')
+                     f'{r.peak_memory_mib:.0f} | {r.aten_calls} ({r.aten_syncs}) |')
     return '\n'.join(lines) + '\n'
 
 
