@@ -132,3 +132,29 @@ def test_switch_to_deploy_again_after_new_weights():
         for inp in (x, other, x, other):
             assert_outputs_close(compiled(inp), fresh(inp), rtol=1e-5, atol=1e-6)
     assert counter.frame_count <= 4
+
+
+@pytest.mark.parametrize('cls', [VHeat, VHeatFeatures])
+def test_a_training_step_compiles_as_one_graph(cls):
+    """The forward of a training step (a gradient to every weight) is one graph
+    (fullgraph: no graph break), and its backward gives the eager gradients."""
+    torch.manual_seed(0)
+    model = cls(MINI, img_size=64).train()
+    counter = CompileCounterWithBackend('aot_eager')
+    compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+
+    def gradients(run) -> dict:
+        model.zero_grad(set_to_none=True)
+        out = run(x)
+        sum(o.square().mean() for o in ((out,) if isinstance(out, torch.Tensor) else out)
+            ).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    for _ in range(2):
+        got = gradients(compiled)
+    assert counter.frame_count == 1
+    expected = gradients(model)
+    assert got.keys() == expected.keys() and all(g is not None for g in got.values())
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
