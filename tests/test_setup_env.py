@@ -98,3 +98,29 @@ def test_a_gpu_without_nvcc_stops_with_what_is_missing(tmp_path):
     assert done.returncode == 3
     assert 'nvidia-smi lists a GPU but nvcc, the CUDA compiler, is not on PATH' in done.stderr
     assert done.stdout == ''
+
+
+def test_a_disk_too_small_for_torch_stops_the_set_up_before_pip_in_one_line(tmp_path):
+    """A fake ``df`` reports 1 GB free: the set-up (of a copy of the repository, in a new venv)
+    names the space torch needs and the venv's, and installs no torch."""
+    repo = tmp_path / 'repo'
+    (repo / 'tools').mkdir(parents=True)
+    for name in ('tools/setup_env.sh', 'pyproject.toml'):
+        (repo / name).write_bytes((ROOT / name).read_bytes())
+    (repo / 'requirements').mkdir()
+    for requirements in (ROOT / 'requirements').glob('*.txt'):
+        (repo / 'requirements' / requirements.name).write_bytes(requirements.read_bytes())
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'df').write_text('#!/bin/sh\necho " Avail"\necho "   1"\n')
+    (bin_dir / 'df').chmod(0o755)
+    env = dict(os.environ, VHEAT_MM_CACHE=str(tmp_path / 'cache'),
+               PATH=f'{bin_dir}:{os.environ["PATH"]}')
+    env.pop('VHEAT_MM_TORCH', None)
+    done = subprocess.run(['bash', str(repo / 'tools/setup_env.sh')], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f'[setup] torch 2.14.1 and its CUDA libraries need about 7 GB in {repo}/.venv; its file '
+        f'system has 1 GB free: free some space and run this again')
+    assert not list((repo / '.venv/lib').glob('python*/site-packages/torch'))

@@ -113,6 +113,17 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-input)
 
 log "build tools"
 "${pip[@]}" install -q 'setuptools>=77.0.3,<81' wheel ninja
+# torch with its CUDA libraries (pip's CUDA builds, also on a CPU-only machine) fills about 6 GB
+# of the venv: say so before pip runs out of space part-way through.
+installed_torch=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true)
+if [[ $installed_torch != "$torch_version" ]]; then
+    need_gb=7
+    free_gb=$(df --output=avail -B1G "$venv" | tail -1 | tr -d ' ')
+    if (( free_gb < need_gb )); then
+        log "torch $torch_version and its CUDA libraries need about $need_gb GB in $venv; its file system has $free_gb GB free: free some space and run this again"
+        exit 1
+    fi
+fi
 log "torch $torch_version, torchvision $torchvision_version"
 "${pip[@]}" install -q "torch==$torch_version" "torchvision==$torchvision_version"
 
@@ -122,6 +133,7 @@ build_env=(MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}")
 if ! compgen -G "$wheel_dir/mmcv-$mmcv_version-*.whl" >/dev/null; then
     log "building mmcv $mmcv_version with its compiled ops (${build_env[*]}; the CPU ops take 5 (torch 2.1) to 12 (torch 2.14) minutes on 2 cores); cached in $wheel_dir"
     src=$(mktemp -d)
+    trap 'rm -rf "$src" "$wheel_dir.tmp"' EXIT  # the build tree (hundreds of MB), also on failure
     "${pip[@]}" download -q --no-deps --no-binary :all: -d "$src" "mmcv==$mmcv_version"
     tar -xzf "$src/mmcv-$mmcv_version.tar.gz" -C "$src"
     if (( cxx_patch )); then
