@@ -22,7 +22,7 @@ import torch
 from checkpoint_files import rewrite_pickle, write_pickle_archive, write_runner_checkpoint
 from helpers import (DAMAGED_FILES, MINI, CountingServer, one_line_message,
                      write_crafted_checkpoint, write_damaged_checkpoint)
-from vheat_mm.checkpoint import (CheckpointError, fit_state_dict, load_pretrained,
+from vheat_mm.checkpoint import (CheckpointError, checkpoint_filter_fn, load_pretrained,
                                  official_to_mmpretrain, read_checkpoint)
 from vheat_mm.models import VHeat, VHeatFeatures, resize_freq_embed
 
@@ -69,11 +69,14 @@ def test_prefix_selects_and_strips(tmp_path, classifier_state):
         load_pretrained(model, path, prefix='decoder')
 
 
-def test_fit_state_dict_is_pure(classifier_state):
+def test_timms_filter_leaves_its_input_untouched_and_the_resize_to_the_model(classifier_state):
     before = {k: v.clone() for k, v in classifier_state.items()}
-    out, _ = fit_state_dict(classifier_state, VHeat(MINI, img_size=128, num_classes=5))
-    assert out['freq_embed.0'].shape == (32, 32, 8)
+    model = VHeat(MINI, img_size=128, num_classes=5)
+    out = checkpoint_filter_fn({'model': classifier_state}, model)
+    assert out['freq_embed.0'].shape == (16, 16, 8)  # the model's load hook resizes it
     assert all(torch.equal(before[k], classifier_state[k]) for k in before)
+    model.load_state_dict(out)
+    assert model.freq_embed[0].shape == (32, 32, 8)
 
 
 def test_official_keys_map_to_mmpretrain(classifier_state):
@@ -101,12 +104,22 @@ def test_unreadable_file_says_why_in_one_line(tmp_path, classifier_state, kind):
     assert DAMAGED_FILES[kind] in message and '\n' not in message
 
 
-def test_tensors_that_cannot_fit_are_named(tmp_path, classifier_state):
+def test_tensors_of_another_shape_are_named_and_not_loaded(tmp_path, classifier_state):
+    """A new head (7 classes where the checkpoint has 5): the rest loads, as on every path."""
     path = tmp_path / 'other.pth'
     torch.save({'model': classifier_state}, path)
+    model = VHeat(MINI, img_size=64, num_classes=7)
+    head = model.classifier[3].weight.detach().clone()
+    report = load_pretrained(model, path)
+    assert report.mismatched == ['classifier.3.bias: checkpoint (5,) vs model (7,)',
+                                 'classifier.3.weight: checkpoint (5, 64) vs model (7, 64)']
+    assert report.loaded == report.total - 2 and not report.missing and not report.unexpected
+    assert torch.equal(model.classifier[3].weight, head)
+    torch.testing.assert_close(model.state_dict()['layers.2.1.op.to_k.0.weight'],
+                               classifier_state['layers.2.1.op.to_k.0.weight'])
     with pytest.raises(CheckpointError, match=r'classifier\.3\.weight: checkpoint \(5, 64\) vs '
                                               r'model \(7, 64\)'):
-        load_pretrained(VHeat(MINI, img_size=64, num_classes=7), path)
+        load_pretrained(VHeat(MINI, img_size=64, num_classes=7), path, strict=True)
 
 
 def test_unknown_layout_lists_keys(tmp_path):

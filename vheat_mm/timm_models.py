@@ -19,8 +19,10 @@ local ``file`` or another ``url`` given in ``pretrained_cfg_overlay``) with
 the file runs; files written by the official training code, with its yacs config, are read as
 they are), and gives it to timm through :func:`~vheat_mm.checkpoint.checkpoint_filter_fn`: the
 official ``{'model': ..., 'model_ema': ...}`` layout is unwrapped (timm reads ``model_ema``
-first), a checkpoint of another resolution has its freq_embed fitted, and weights holding NaN or
-inf are refused; then timm adapts ``in_chans`` and a new ``num_classes`` as for its own models.
+first), weights holding NaN or inf are refused, and the load is judged as on every vheat_mm load
+path (a checkpoint that covers the model badly warns, or fails under strict loading; tensors of
+another shape are not loaded; freq_embed of another resolution is resized by the model's load
+hook); then timm adapts ``in_chans`` and a new ``num_classes`` as for its own models.
 A state dict given in memory (``pretrained_cfg_overlay=dict(state_dict=...)``) takes the same
 way, without reading; the Hugging Face hub and local folders, which timm would read itself, are
 refused.
@@ -80,6 +82,9 @@ def _create(variant: str, pretrained: bool, **kwargs) -> VHeat:
             kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {},
                                                     state_dict={'read from': source})
             filter_fn = _filter_read(read_checkpoint(source), source)
+    # the verdict on the weights is vheat_mm's, as on every load path (checkpoint_filter_fn):
+    # timm loads what it judged loadable
+    kwargs.setdefault('pretrained_strict', False)
     model = build_model_with_cfg(
         _vheat_with_timm_keywords, f'vheat_{variant}', pretrained,
         pretrained_filter_fn=filter_fn,
@@ -109,12 +114,14 @@ def _filter_read(checkpoint: Mapping, source: str) -> Callable[[Mapping, nn.Modu
     is given a small dict in its place (its config keeps, and deep-copies for
     ``features_only``, what it is given), and this gives the checkpoint's fitted state dict
     (a :class:`CheckpointError` names ``source``)."""
+    shown = shown_url(source) if is_url(source) else shown_path(source)
+
     def filter_fn(_given: Mapping, model: nn.Module) -> dict:
         try:
-            return checkpoint_filter_fn(checkpoint, model)
+            return checkpoint_filter_fn(checkpoint, model, source=source)
         except CheckpointError as err:
-            raise CheckpointError(f'{shown_url(source) if is_url(source) else shown_path(source)}'
-                                  f': {err}') from None
+            message = str(err)
+            raise CheckpointError(message if shown in message else f'{shown}: {message}') from None
     return filter_fn
 
 

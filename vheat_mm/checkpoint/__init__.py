@@ -19,40 +19,42 @@
 - :mod:`.layout`: the table of checkpoint layouts: the official one (``{'model': state_dict,
   ...}``, also ``model_ema``), mmengine's (``{'state_dict': ..., 'meta': ...}``, keys with or
   without a ``backbone.`` prefix), DeepSpeed's (``module``) and a bare state dict.
-- :mod:`.convert`: pure conversions: :func:`fit_state_dict` fits a state dict to a model,
-  :func:`checkpoint_filter_fn` (timm's ``pretrained_filter_fn``) finds a checkpoint's state dict
-  and fits it, :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's
+- :mod:`.convert`: pure conversions: :func:`official_to_mmpretrain` maps an official classifier to mmpretrain's
   ``ImageClassifier`` keys, :func:`convert_freq_embeds` prepares a classification checkpoint for
   a larger downstream resolution (what ``interpolate4downstream.py`` does).
-- :mod:`.fit`: the rule for a checkpoint that fills too few of a model's tensors (warning, or
-  an error under strict loading).
-- :mod:`.load`: :func:`load_pretrained` reads, converts and loads a checkpoint into a model.
+- :mod:`.coverage`: what a load does (:func:`survey`: the tensors it fills, leaves missing,
+  ignores, cannot take, and the freq_embeds the model resizes) and the one verdict on it
+  (:func:`check_coverage`: a warning for a checkpoint that covers the model badly, an error
+  under strict loading).
+- :mod:`.load`: the one order of every load path (read, find the state dict, survey and judge,
+  load, report): :func:`load_pretrained`, :func:`load_state_dict_checked` (mmengine's loading
+  shares it) and :func:`checkpoint_filter_fn` (timm's ``pretrained_filter_fn``).
 - :mod:`.atomic`: :func:`write_checkpoint` and :func:`replaced_atomically` write atomically.
 """
 from .archive import check_archive
 from .atomic import leftover_temporaries, replaced_atomically, write_checkpoint
-from .convert import (CONVERSION_MODES, FittedStateDict, check_downstream_sizes,
-                      checkpoint_filter_fn, convert_freq_embeds, fit_state_dict,
+from .convert import (CONVERSION_MODES, check_downstream_sizes, convert_freq_embeds,
                       official_to_mmpretrain, official_to_model)
+from .coverage import (MIN_COVERAGE, LoadReport, check_coverage, log_report, strict_loading,
+                       strict_loading_enabled, survey)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
-from .fit import MIN_FIT, check_fit, strict_loading, strict_loading_enabled
 from .io import check_finite, check_string_keys, read_checkpoint
 from .layout import (BACKBONE_MODULE, LAYOUTS, STATE_DICT_ENTRIES, WRAPPED_MODULE, FreqEmbedKey,
                      Layout, find_freq_embeds, find_layout, find_state_dict, is_state_dict,
                      named_weight_entries, select_prefix, weight_entries)
-from .load import LoadReport, load_pretrained
+from .load import checkpoint_filter_fn, load_pretrained, load_state_dict_checked
 from .messages import shown, shown_keys
 from .restricted_pickle import ALLOWED_GLOBALS, AllowedGlobal, OfficialConfig, RefusedCall
 
-__all__ = ['ALLOWED_GLOBALS', 'BACKBONE_MODULE', 'CONVERSION_MODES', 'LAYOUTS', 'MIN_FIT',
+__all__ = ['ALLOWED_GLOBALS', 'BACKBONE_MODULE', 'CONVERSION_MODES', 'LAYOUTS', 'MIN_COVERAGE',
            'PRETRAINED_URLS', 'STATE_DICT_ENTRIES', 'WRAPPED_MODULE', 'AllowedGlobal',
-           'CheckpointError', 'FittedStateDict', 'FreqEmbedKey', 'Layout', 'LoadReport',
-           'OfficialConfig', 'RefusedCall', 'cached_download', 'check_archive',
-           'check_downstream_sizes', 'check_finite', 'check_fit', 'check_string_keys',
-           'checkpoint_filter_fn', 'convert_freq_embeds', 'find_freq_embeds', 'find_layout',
-           'find_state_dict', 'fit_state_dict', 'is_state_dict', 'is_url', 'leftover_temporaries',
-           'load_pretrained', 'named_weight_entries', 'official_to_mmpretrain',
-           'official_to_model', 'read_checkpoint', 'replaced_atomically', 'select_prefix',
-           'shown', 'shown_keys', 'strict_loading', 'strict_loading_enabled', 'weight_entries',
-           'write_checkpoint']
+           'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport', 'OfficialConfig',
+           'RefusedCall', 'cached_download', 'check_archive', 'check_coverage',
+           'check_downstream_sizes', 'check_finite', 'check_string_keys', 'checkpoint_filter_fn',
+           'convert_freq_embeds', 'find_freq_embeds', 'find_layout', 'find_state_dict',
+           'is_state_dict', 'is_url', 'leftover_temporaries', 'load_pretrained',
+           'load_state_dict_checked', 'log_report', 'named_weight_entries',
+           'official_to_mmpretrain', 'official_to_model', 'read_checkpoint',
+           'replaced_atomically', 'select_prefix', 'shown', 'shown_keys', 'strict_loading',
+           'strict_loading_enabled', 'survey', 'weight_entries', 'write_checkpoint']

@@ -2,54 +2,19 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection, Mapping, NamedTuple
+from typing import Collection, Mapping
 
 from torch import Tensor, nn
 
-from ..models import (FREQ_EMBED_FITS, VHeat, fit_freq_embeds, freq_embed_sizes,
-                      stage_stride)
+from ..models import FREQ_EMBED_FITS, VHeat, freq_embed_sizes, stage_stride
 from .errors import CheckpointError
-from .io import check_finite
 from .layout import BACKBONE_MODULE, LAYOUTS, find_freq_embeds, find_state_dict
 
-__all__ = ['CONVERSION_MODES', 'FittedStateDict', 'checkpoint_filter_fn', 'fit_state_dict',
-           'official_to_mmpretrain', 'official_to_model', 'check_downstream_sizes',
-           'convert_freq_embeds']
+__all__ = ['CONVERSION_MODES', 'check_downstream_sizes', 'convert_freq_embeds',
+           'official_to_mmpretrain', 'official_to_model']
 
 CONVERSION_MODES = tuple(FREQ_EMBED_FITS)  # the model's own table of freq_embed fits
 _NUM_STAGES = 4  # of every released arch
-
-
-class FittedStateDict(NamedTuple):
-    """A state dict fitted to a model, and one line per freq_embed resized to fit."""
-    state_dict: dict[str, Tensor]
-    resized: list[str]
-
-
-def fit_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> FittedStateDict:
-    """Fit a vHeat state dict to ``model``: each ``freq_embed.i`` is fitted to the model's size
-    the way the model's ``freq_embed_fit`` says ('bicubic' or 'pad'; 'bicubic' for a model
-    without one) (:func:`~vheat_mm.models.fit_freq_embeds`, for the vHeat trunk at ``model``'s
-    root).
-
-    Pure: the input is left untouched. Other keys pass through unchanged. Returns the fitted
-    state dict and the lines of :func:`~vheat_mm.models.fit_freq_embeds`, one per resized key.
-    """
-    out = dict(state_dict)
-    freq_embed = getattr(model, 'freq_embed', None)
-    if freq_embed is None:
-        return FittedStateDict(out, [])
-    mode = getattr(model, 'freq_embed_fit', 'bicubic')
-    return FittedStateDict(out, fit_freq_embeds(out, '', freq_embed, mode))
-
-
-def checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
-    """timm's ``pretrained_filter_fn``: the state dict that a checkpoint of any recognised layout
-    holds (:func:`~vheat_mm.checkpoint.layout.find_state_dict`), NaN or inf refused, fitted to
-    ``model`` (:func:`fit_state_dict`). Pure."""
-    state_dict = find_state_dict(checkpoint)
-    check_finite(state_dict, f'the pretrained weights of {type(model).__name__}')
-    return fit_state_dict(state_dict, model).state_dict
 
 
 def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

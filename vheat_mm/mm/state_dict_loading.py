@@ -10,9 +10,9 @@ see it (``after_load_checkpoint``: EMAHook copies its ``ema_state_dict``) and lo
 - :func:`load_into_model` loads official vHeat keys as the model's keys, for classifier,
   detector and segmentor alike (:func:`~vheat_mm.checkpoint.official_to_model`), in one logged
   line; refuses a checkpoint that is neither a state dict nor of a known layout, naming its
-  keys; loads with mmengine's ``load_state_dict`` and then applies
-  :func:`~vheat_mm.checkpoint.check_fit` (a warning naming the file and the counts, an error
-  under strict loading);
+  keys; then follows every load path's order
+  (:func:`~vheat_mm.checkpoint.load_state_dict_checked`: the verdict before anything is loaded,
+  the load with mmengine's ``load_state_dict``, the report);
 - :func:`require_runner_checkpoint`: resuming needs a checkpoint that mmengine's runner wrote.
 """
 from __future__ import annotations
@@ -24,12 +24,11 @@ from typing import Mapping, Sequence
 
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner.checkpoint import load_state_dict
-from torch import Tensor, nn
+from torch import nn
 
-from ..checkpoint import (LAYOUTS, STATE_DICT_ENTRIES, CheckpointError, check_fit, find_layout,
-                          is_state_dict, official_to_model)
+from ..checkpoint import (LAYOUTS, STATE_DICT_ENTRIES, CheckpointError, LoadReport, find_layout,
+                          is_state_dict, load_state_dict_checked, official_to_model)
 from ..checkpoint.messages import MAX_SHOWN, cut, shown_keys, shown_path
-from ..models import VHeatTrunk, fit_freq_embeds
 
 __all__ = ['LAYOUT_MARK', 'described', 'load_into_model', 'require_runner_checkpoint',
            'runner_layout']
@@ -38,9 +37,6 @@ _logger = logging.getLogger(__name__)
 
 # The key that marks a checkpoint runner_layout unwrapped; its value says what it was.
 LAYOUT_MARK = 'vheat_mm_layout'
-# BatchNorm's step counters: a model's state dict holds them, older checkpoints may not, and
-# mmengine does not count them as missing; neither does the fit check.
-_COUNTERS = 'num_batches_tracked'
 
 
 def runner_layout(checkpoint: Mapping) -> Mapping:
@@ -90,9 +86,11 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
                     revise_keys: Sequence[tuple[str, str]] = ((r'^module\.', ''),)) -> None:
     """Load ``checkpoint`` (its ``state_dict``, or itself) into ``model`` as mmengine's
     ``_load_checkpoint_to_model`` does (``revise_keys`` applied), official vHeat keys
-    converted, then check the fit; ``source`` names the file in messages. The weights go into
-    the model inside every wrapper (:func:`unwrapped`: DDP around a TTA model, as a distributed
-    ``--tta`` test builds it), the one whose keys the fit is checked against."""
+    converted, judged before anything is loaded and reported as on every load path
+    (:func:`~vheat_mm.checkpoint.load_state_dict_checked`); ``source`` names the file in
+    messages. The weights go into the model inside every wrapper (:func:`unwrapped`: DDP around
+    a TTA model, as a distributed ``--tta`` test builds it), the one the load is judged
+    against."""
     source = described(source, checkpoint)
     state_dict = checkpoint.get('state_dict', checkpoint)
     if not isinstance(state_dict, Mapping):
@@ -109,9 +107,7 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
                                  for k, v in state_dict.items())
     target = unwrapped(model)
     model_state = target.state_dict()
-    own = {k: getattr(v, 'shape', None) for k, v in model_state.items()
-           if not k.endswith(_COUNTERS)}
-    converted, how = official_to_model(state_dict, list(own))
+    converted, how = official_to_model(state_dict, list(model_state))
     if how is not None:
         _logger.info("%s: official vHeat keys loaded as the model's (%s)", shown_path(source),
                      how)
@@ -121,22 +117,8 @@ def load_into_model(model: nn.Module, checkpoint: Mapping, *, source: str, stric
         for k, v in converted.items())
     if metadata is not None:
         converted._metadata = metadata
-    load_state_dict(target, converted, strict)  # mmengine's unwraps one level per module
-    check_fit(source, list(own), [k for k in converted if not k.endswith(_COUNTERS)],
-              mismatched=_mismatched(target, converted, own), strict=strict)
 
+    def mmengine_load(module: nn.Module, weights: Mapping, _report: LoadReport) -> None:
+        load_state_dict(module, weights, strict)  # mmengine's: skips other shapes, logs them
 
-def _mismatched(model: nn.Module, state_dict: Mapping, own: Mapping) -> list[str]:
-    """Keys of ``state_dict`` whose tensors the model cannot take (mmengine skips them, with a
-    warning): another shape than the model's once the vHeat trunks' load hook has fitted
-    freq_embed (:func:`~vheat_mm.models.fit_freq_embeds`, run here on a copy)."""
-    fitted = dict(state_dict)
-    for name, trunk in model.named_modules():
-        if isinstance(trunk, VHeatTrunk):
-            try:
-                fit_freq_embeds(fitted, f'{name}.' if name else '', trunk.freq_embed,
-                                trunk.freq_embed_fit)
-            except ValueError:  # the load hook has raised it already
-                pass
-    return [k for k, v in fitted.items()
-            if k in own and isinstance(v, Tensor) and v.shape != own[k]]
+    load_state_dict_checked(target, converted, source=source, strict=strict, load=mmengine_load)

@@ -11,14 +11,14 @@
 - :mod:`.vheat`: the models, :class:`VHeat` (classifier) and :class:`VHeatFeatures` (backbone).
 """
 from .arch import ARCH_SETTINGS, Arch, freq_embed_sizes, resolve_arch, stage_stride
-from .freq_embed_fits import FREQ_EMBED_FITS, fit_freq_embeds
+from .freq_embed_fits import FREQ_EMBED_FITS, FreqEmbedResize, fit_freq_embeds, freq_embed_resizes
 from .heat import dct_basis, heat_conduction, heat_decay_map, pad_freq_embed, resize_freq_embed
 from .heat_operator import HeatConductionOperator, HeatContext, TensorCache
 from .trunk import VHeatTrunk, switch_to_deploy
 from .vheat import VHeat, VHeatFeatures
 
-__all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'HeatConductionOperator',
-           'HeatContext', 'TensorCache', 'VHeat', 'VHeatFeatures', 'VHeatTrunk', 'dct_basis',
-           'fit_freq_embeds', 'freq_embed_sizes', 'heat_conduction', 'heat_decay_map',
+__all__ = ['ARCH_SETTINGS', 'FREQ_EMBED_FITS', 'Arch', 'FreqEmbedResize',
+           'HeatConductionOperator', 'HeatContext', 'TensorCache', 'VHeat', 'VHeatFeatures',
+           'VHeatTrunk', 'dct_basis', 'fit_freq_embeds', 'freq_embed_resizes', 'freq_embed_sizes', 'heat_conduction', 'heat_decay_map',
            'pad_freq_embed', 'resize_freq_embed', 'resolve_arch', 'stage_stride',
            'switch_to_deploy']

@@ -6,13 +6,14 @@ enlarges a checkpoint's with the same table.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from torch import Tensor
 
 from .heat import pad_freq_embed, resize_freq_embed
 
-__all__ = ['FREQ_EMBED_FITS', 'check_freq_embed_fit', 'fit_freq_embeds']
+__all__ = ['FREQ_EMBED_FITS', 'FreqEmbedResize', 'check_freq_embed_fit', 'fit_freq_embeds',
+           'freq_embed_resizes']
 
 #: How a loaded freq_embed of another (H, W) is fitted to the model's (``freq_embed_fit``).
 FREQ_EMBED_FITS = {'pad': pad_freq_embed, 'bicubic': resize_freq_embed}
@@ -25,22 +26,24 @@ def check_freq_embed_fit(mode: str) -> str:
     return mode
 
 
-def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequence[Tensor],
-                    mode: str = 'bicubic') -> list[str]:
-    """Fit, in ``state_dict``, each ``{prefix}freq_embed.{i}`` of another (H, W) than the
-    model's ``freq_embed[i]`` (same channels) to the model's size. Returns one line per fitted
-    tensor.
+class FreqEmbedResize(NamedTuple):
+    """A loaded ``freq_embed.i`` of another (H, W) than the model's, which the load resizes."""
+    key: str
+    loaded: tuple[int, ...]
+    model: tuple[int, ...]
 
-    ``mode='bicubic'`` resizes (:func:`~vheat_mm.models.heat.resize_freq_embed`); ``'pad'``
-    zero-pads at the bottom and right (:func:`~vheat_mm.models.heat.pad_freq_embed`), as the
-    official ``interpolate4downstream.py`` does, and refuses a tensor larger than the model's
-    (ValueError naming the key and both shapes). The one place where loaded freq_embeds are
-    fitted: the trunk's load_state_dict pre-hook (so every load path: ``load_state_dict``,
-    mmengine's ``load_from`` and resume, ``init_cfg``) and
-    :func:`vheat_mm.checkpoint.checkpoint_filter_fn` call it.
-    """
-    fit = FREQ_EMBED_FITS[check_freq_embed_fit(mode)]
-    lines = []
+    def __str__(self) -> str:
+        return f'{self.key} {self.loaded} -> {self.model}'
+
+
+def freq_embed_resizes(state_dict: Mapping, prefix: str, freq_embed: Sequence[Tensor],
+                       mode: str = 'bicubic') -> list[FreqEmbedResize]:
+    """The ``{prefix}freq_embed.{i}`` of ``state_dict`` that the model's ``freq_embed[i]`` takes
+    after resizing: another (H, W), the same channels. Reads shapes only. Under
+    ``mode='pad'`` a tensor larger than the model's cannot be resized: ValueError naming the
+    key and both shapes."""
+    check_freq_embed_fit(mode)
+    resizes = []
     for i, own in enumerate(freq_embed):
         key = f'{prefix}freq_embed.{i}'
         value = state_dict.get(key)
@@ -50,6 +53,22 @@ def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequ
                 raise ValueError(f"freq_embed_fit='pad' cannot shrink {key} of shape "
                                  f"{tuple(value.shape)} to the model's {tuple(own.shape)}; use "
                                  f"freq_embed_fit='bicubic'")
-            state_dict[key] = fit(value, own.shape[:2])
-            lines.append(f'{key} {tuple(value.shape)} -> {tuple(own.shape)}')
-    return lines
+            resizes.append(FreqEmbedResize(key, tuple(value.shape), tuple(own.shape)))
+    return resizes
+
+
+def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequence[Tensor],
+                    mode: str = 'bicubic') -> list[FreqEmbedResize]:
+    """Resize, in ``state_dict``, each ``{prefix}freq_embed.{i}`` of another (H, W) than the
+    model's ``freq_embed[i]`` (:func:`freq_embed_resizes`) to the model's size; returns them.
+
+    ``mode='bicubic'`` resizes (:func:`~vheat_mm.models.heat.resize_freq_embed`); ``'pad'``
+    zero-pads at the bottom and right (:func:`~vheat_mm.models.heat.pad_freq_embed`), as the
+    official ``interpolate4downstream.py`` does. The one place where loaded freq_embeds are
+    resized: the trunk's load_state_dict pre-hook, which every load path reaches
+    (``load_state_dict``, mmengine's ``load_from`` and resume, ``init_cfg``, timm, hub).
+    """
+    resizes = freq_embed_resizes(state_dict, prefix, freq_embed, mode)
+    for resize in resizes:
+        state_dict[resize.key] = FREQ_EMBED_FITS[mode](state_dict[resize.key], resize.model[:2])
+    return resizes
