@@ -8,7 +8,10 @@ insulated borders. The solution of the heat equation du/dt = k (d2u/dx2 + d2u/dy
 
 where DCT2D is the orthonormal 2-D DCT-II and k(n, m) >= 0 is a learned conductivity per
 frequency and channel. Everything here works on channels-last tensors (B, H, W, C): both
-transforms are plain matrix products against small (N x N) cosine bases, with no copies.
+transforms are plain matrix products against small (N x N) cosine bases, with no copies, one
+``bmm`` per axis (:func:`broadcast_bases`). In eager training without autocast autograd records
+the whole conduction as one step whose backward applies the adjoint transforms
+(:class:`_HeatConduction`): the gradients autograd would give, in fewer ATen calls.
 
 Under ``torch.autocast`` the transforms are matmuls in the autocast dtype (the GEMMs accumulate
 in float32) and the spectrum stays in that dtype when the float32 attenuation is applied
@@ -27,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..compat import autocast_enabled
+from ..compat import autocast_enabled, is_compiling
 from ..kernels import attenuate_with_grad
-from ..policy import may_overwrite
+from ..policy import is_traced, may_overwrite, needs_grad
 
 __all__ = [
-    'attenuate', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map', 'heat_conduction',
-    'dct_2d', 'idct_2d', 'has_size',
+    'attenuate', 'broadcast_bases', 'dct_basis', 'heat_decay_map', 'heat_log_decay_map',
+    'heat_conduction', 'dct_2d', 'idct_2d', 'has_size', 'inverse_bases',
     'pad_freq_embed', 'resize_freq_embed', 'float32_under_autocast'
 ]
 
@@ -79,26 +82,74 @@ def heat_decay_map(height: int, width: int, *, device: torch.device | None = Non
                                                                            dtype=dtype)
 
 
+def _basis_times(basis: Tensor, u: Tensor) -> Tensor:
+    """``basis @ u[i]`` for every i, u (I, M, K) and basis (N, M) or already broadcast to
+    (I, N, M) (:func:`broadcast_bases`): one ``bmm``, where ``torch.matmul`` of the 2-D basis
+    adds a transpose, expands, reshapes and views around the same ``bmm``. Under
+    ``torch.jit.trace`` (the FLOP counters of :mod:`vheat_mm.mm.flops` read such a graph) it
+    is the ``torch.matmul`` they count; both give the same values."""
+    if torch.jit.is_tracing():
+        return torch.matmul(basis, u)
+    if basis.dim() == 2:
+        basis = basis.expand(u.shape[0], -1, -1)
+    return torch.bmm(basis, u)
+
+
 def _along_h(u: Tensor, basis: Tensor) -> Tensor:
     """out[b, i, w, c] = sum_h basis[i, h] u[b, h, w, c] for u of shape (B, H, W, C)."""
     b, h, w, c = u.shape
-    return torch.matmul(basis, u.reshape(b, h, w * c)).view(b, basis.shape[0], w, c)
+    return _basis_times(basis, u.reshape(b, h, w * c)).view(b, basis.shape[-2], w, c)
 
 
 def _along_w(u: Tensor, basis: Tensor) -> Tensor:
     """out[b, h, j, c] = sum_w basis[j, w] u[b, h, w, c] for u of shape (B, H, W, C)."""
     b, h, w, c = u.shape
-    return torch.matmul(basis, u.reshape(b * h, w, c)).view(b, h, basis.shape[0], c)
+    return _basis_times(basis, u.reshape(b * h, w, c)).view(b, h, basis.shape[-2], c)
+
+
+def _transform_2d(u: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
+    """``_along_h(_along_w(u, basis_w), basis_h)`` for u of B maps (H, W, C) in any shape of
+    that memory ((B, H, W, C), (B, H*W, C), ...), as (B, H', W'*C): one view between the two
+    products (the bases give H and W)."""
+    b, c = u.shape[0], u.shape[-1]
+    along_w = _basis_times(basis_w, u.reshape(b * basis_h.shape[-1], basis_w.shape[-1], c))
+    return _basis_times(basis_h, along_w.view(b, basis_h.shape[-1], -1))    # (B, H', W'*C)
+
+
+def _transform_2d_reversed(g: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
+    """:func:`_transform_2d` in the other order, along H first, then along W, as
+    (B*H', W', C): with the transposed bases, the adjoint of :func:`_transform_2d`."""
+    b, c = g.shape[0], g.shape[-1]
+    along_h = _basis_times(basis_h, g.reshape(b, basis_h.shape[-1], -1))
+    return _basis_times(basis_w, along_h.view(-1, basis_w.shape[-1], c))
+
+
+def broadcast_bases(basis_h: Tensor, basis_w: Tensor, batch: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The bases of :func:`dct_2d` (D_H, D_W) and of :func:`idct_2d` (their transposes) for u
+    of ``batch`` samples (B, H, W, C), broadcast over the batches of the products that apply
+    them: (B, H, H), (B*H, W, W) and the transposes, all views. A stage makes them once and
+    its every HCO applies them (:func:`heat_conduction`)."""
+    height = basis_h.shape[-1]
+    basis_h = basis_h.expand(batch, -1, -1)
+    basis_w = basis_w.expand(batch * height, -1, -1)
+    return (basis_h, basis_w, *inverse_bases(basis_h, basis_w))
+
+
+def inverse_bases(basis_h: Tensor, basis_w: Tensor) -> tuple[Tensor, Tensor]:
+    """The bases of the inverse transform: D_H and D_W transposed (views), for 2-D bases and
+    for those of :func:`broadcast_bases` alike."""
+    return basis_h.transpose(-2, -1), basis_w.transpose(-2, -1)
 
 
 def dct_2d(u: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
     """2-D DCT-II of channels-last u (B, H, W, C): D_H u D_W^T per channel."""
-    return _along_h(_along_w(u, basis_w), basis_h)
+    return _transform_2d(u, basis_h, basis_w).view(u.shape)
 
 
 def idct_2d(spectrum: Tensor, basis_h: Tensor, basis_w: Tensor) -> Tensor:
     """Inverse of :func:`dct_2d` (the bases are orthonormal, so the inverse is the transpose)."""
-    return _along_h(_along_w(spectrum, basis_w.t()), basis_h.t())
+    return _transform_2d(spectrum, *inverse_bases(basis_h, basis_w)).view(spectrum.shape)
 
 
 def float32_under_autocast(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
@@ -119,7 +170,8 @@ def float32_under_autocast(fn: Callable[..., Tensor], *tensors: Tensor) -> Tenso
 
 
 def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
-    """``spectrum * attenuation`` in the spectrum's dtype (B, H, W, C) * (H, W, C).
+    """``spectrum * attenuation`` in the spectrum's dtype, (B, H, W, C) * (H, W, C) (or the
+    same as rows: (B, H*W, C) * (H*W, C)).
 
     The spectrum is a fresh tensor (a transform's output), so where the in-place rule allows it
     (:func:`~vheat_mm.policy.may_overwrite`) it is scaled in place: for a bfloat16
@@ -135,24 +187,98 @@ def attenuate(spectrum: Tensor, attenuation: Tensor) -> Tensor:
     return attenuate_with_grad(spectrum, attenuation)
 
 
-def _conduct(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Tensor) -> Tensor:
-    return idct_2d(attenuate(dct_2d(u, basis_h, basis_w), attenuation), basis_h, basis_w)
+def _spectrum(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Tensor) -> Tensor:
+    """DCT2D(u), shaped as the attenuation broadcasts over it: (B, H, W, C), or (B, H*W, C)
+    for an attenuation of rows (H*W, C)."""
+    spectrum = _transform_2d(u, basis_h, basis_w)
+    if attenuation.dim() == 2:
+        return spectrum.view(u.shape[0], -1, u.shape[-1])
+    return spectrum.view(u.shape[0], basis_h.shape[-2], basis_w.shape[-2], u.shape[-1])
+
+
+def _conduct(u: Tensor, basis_h: Tensor, basis_w: Tensor, inverse_h: Tensor,
+             inverse_w: Tensor, attenuation: Tensor) -> Tensor:
+    if _records_conduction(u, attenuation):
+        return _HeatConduction.apply(u, attenuation, basis_h, basis_w, inverse_h, inverse_w)[0]
+    spectrum = attenuate(_spectrum(u, basis_h, basis_w, attenuation), attenuation)
+    return _transform_2d(spectrum, inverse_h, inverse_w).view(u.shape)
+
+
+def _records_conduction(u: Tensor, attenuation: Tensor) -> bool:
+    """Whether autograd records the conduction as :class:`_HeatConduction`: in eager training
+    of one dtype without autocast (where :func:`attenuate` is the plain product)."""
+    return (not is_traced(u, attenuation) and needs_grad(u, attenuation)
+            and u.dtype == attenuation.dtype and not autocast_enabled(u.device.type)
+            and not is_compiling() and not torch.jit.is_tracing())
+
+
+class _HeatConduction(torch.autograd.Function):
+    """IDCT2D(DCT2D(u) * attenuation) whose backward applies the adjoint transforms itself.
+
+    The forward and the gradients are those autograd gives the same steps, value for value
+    (the same products in the same order); autograd's backward would also transpose the bases
+    and view its way back through every step. Runs where :func:`_records_conduction` says; a
+    first derivative only (``torch.func`` transforms included), as the heat conduction of
+    a training step needs.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(u: Tensor, attenuation: Tensor, basis_h: Tensor, basis_w: Tensor,
+                inverse_h: Tensor, inverse_w: Tensor) -> tuple[Tensor, Tensor]:
+        """The result and, for the backward, the spectrum DCT2D(u)."""
+        spectrum = _spectrum(u, basis_h, basis_w, attenuation)
+        return _transform_2d(spectrum * attenuation, inverse_h, inverse_w).view(u.shape), spectrum
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+        u, attenuation, basis_h, basis_w, inverse_h, inverse_w = inputs
+        spectrum = output[1]
+        ctx.mark_non_differentiable(spectrum)
+        ctx.set_materialize_grads(False)  # no zeros for the spectrum's gradient, never used
+        ctx.save_for_backward(spectrum, attenuation, basis_h, basis_w, inverse_h, inverse_w)
+        ctx.u_shape = u.shape
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor | None, _: None):
+        if grad is None:
+            return None, None, None, None, None, None
+        spectrum, attenuation, basis_h, basis_w, inverse_h, inverse_w = ctx.saved_tensors
+        # the adjoint of the inverse transform applies the forward bases, and vice versa
+        grad = _transform_2d_reversed(grad, basis_h, basis_w).view(spectrum.shape)
+        grad_attenuation = None
+        if ctx.needs_input_grad[1]:
+            product = grad * spectrum
+            grad_attenuation = (product.sum(0) if product.shape[1:] == attenuation.shape
+                                else product.sum_to_size(attenuation.shape))
+        grad_u = None
+        if ctx.needs_input_grad[0]:
+            grad_u = _transform_2d_reversed(grad * attenuation, inverse_h, inverse_w)
+            grad_u = grad_u.view(ctx.u_shape)
+        return grad_u, grad_attenuation, None, None, None, None
 
 
 def heat_conduction(u: Tensor, basis_h: Tensor, basis_w: Tensor, attenuation: Tensor, *,
+                    inverse: tuple[Tensor, Tensor] | None = None,
                     float32: bool = False) -> Tensor:
     """Spread channels-last u (B, H, W, C) by heat conduction.
 
-    ``attenuation`` is decay ** k of shape (H, W, C); the result is IDCT2D(DCT2D(u) * attenuation).
-    With attenuation == 1 (k = 0) this is the identity up to rounding.
+    ``attenuation`` is decay ** k of shape (H, W, C), or the same as rows (H*W, C); the result
+    is IDCT2D(DCT2D(u) * attenuation). With attenuation == 1 (k = 0) this is the identity up to
+    rounding. The bases are (H, H) and (W, W), or those of :func:`broadcast_bases` for u's
+    batch; ``inverse``, where the caller holds them, are their transposes (else they are taken
+    here).
 
     Under autocast the matmuls, and so the result, are in the autocast dtype; with
     ``float32=True`` the two transforms and the product run in float32 instead and the result
     has ``u``'s dtype. Without autocast ``float32`` has no effect.
     """
+    bases = basis_h, basis_w, *(inverse_bases(basis_h, basis_w) if inverse is None else inverse)
     if float32:
-        return float32_under_autocast(_conduct, u, basis_h, basis_w, attenuation)
-    return _conduct(u, basis_h, basis_w, attenuation)
+        return float32_under_autocast(_conduct, u, *bases, attenuation)
+    return _conduct(u, *bases, attenuation)
 
 
 def has_size(tensor: Tensor, size: tuple[int, int]) -> bool:

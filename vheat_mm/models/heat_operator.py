@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ..compat import is_compiling
 from ..policy import caches_weight_derived
-from .heat import (dct_basis, float32_under_autocast, has_size, heat_conduction,
-                   heat_log_decay_map, resize_freq_embed)
+from .heat import (broadcast_bases, dct_basis, float32_under_autocast, has_size,
+                   heat_conduction, heat_log_decay_map, inverse_bases, resize_freq_embed)
 from .layers import (DepthwiseConv3x3, GatedLayerNorm, PointwiseLinear, SplitPointwiseLinear,
                      traced_as_one_node)
 
@@ -135,18 +135,29 @@ def _nbytes(*tensors: Tensor) -> int:
 
 
 class HeatContext(NamedTuple):
-    """What every block of a stage shares at one feature size (H, W)."""
-    basis_h: Tensor      # (H, H) DCT-II basis
-    basis_w: Tensor      # (W, W) DCT-II basis
-    log_decay: Tensor    # (H, W) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
-    freq_embed: Tensor   # (H, W, C) the stage's frequency embedding at this size
+    """What every block of a stage shares at one feature size (H, W), for one batch.
+
+    The bases are (H, H) and (W, W), or, for a batch of B maps, broadcast over the batches of
+    the products that apply them (:func:`~vheat_mm.models.heat.broadcast_bases`): (B, H, H) and
+    (B*H, W, W). The embedding and the log decay come as one row per frequency (n, m), row
+    n * W + m, the layout of the linear layer that reads them.
+    """
+    basis_h: Tensor      # DCT-II basis D_H, (H, H) or (B, H, H)
+    basis_w: Tensor      # DCT-II basis D_W, (W, W) or (B*H, W, W)
+    inverse_h: Tensor    # D_H transposed, the inverse transform's (a view)
+    inverse_w: Tensor    # D_W transposed
+    log_decay: Tensor    # (H*W, 1) log of the decay exp(-((n pi/H)^2 + (m pi/W)^2))
+    freq_embed: Tensor   # (H*W, C) the stage's frequency embedding at this size
     deploy: bool         # the deploy form: derived tensors are folded (module docstring)
     cache: TensorCache   # the model's cache, where each HCO keeps its decay ** k
 
 
 def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height: int,
-                       width: int, *, device: torch.device, deploy: bool) -> HeatContext:
-    """Bases, decay map and ``freq_embed`` (H', W', C) at feature size (height, width).
+                       width: int, *, device: torch.device, deploy: bool,
+                       batch: int | None = None) -> HeatContext:
+    """Bases, decay map and ``freq_embed`` (as rows, H' * W' by C) at feature size (height,
+    width); with ``batch``, the bases broadcast for a batch of that many maps
+    (:class:`HeatContext`).
 
     The bases and the decay map are cached in ``cache`` per size; ``freq_embed`` resized to
     another size is cached under ``key`` (a name of the parameter, e.g. its stage) where the
@@ -160,11 +171,15 @@ def build_heat_context(cache: TensorCache, freq_embed: Tensor, key: str, height:
     else:
         resized = cache.get(f'{key}_{height}x{width}',
                             lambda: resize_freq_embed(freq_embed, (height, width)), **kw)
-    return HeatContext(
-        cache.get(f'dct{height}', lambda: dct_basis(height), **kw),
-        cache.get(f'dct{width}', lambda: dct_basis(width), **kw),
-        cache.get(f'log_decay{height}x{width}', lambda: heat_log_decay_map(height, width), **kw),
-        resized, deploy, cache)
+    basis_h = cache.get(f'dct{height}', lambda: dct_basis(height), **kw)
+    basis_w = cache.get(f'dct{width}', lambda: dct_basis(width), **kw)
+    if batch is None:
+        bases = basis_h, basis_w, *inverse_bases(basis_h, basis_w)
+    else:
+        bases = broadcast_bases(basis_h, basis_w, batch)
+    log_decay = cache.get(f'log_decay{height}x{width}',
+                          lambda: heat_log_decay_map(height, width).view(-1, 1), **kw)
+    return HeatContext(*bases, log_decay, resized.flatten(0, 1), deploy, cache)
 
 
 class HeatConductionOperator(nn.Module):
@@ -202,19 +217,24 @@ class HeatConductionOperator(nn.Module):
     def attenuation(self, ctx: HeatContext) -> Tensor:
         """decay ** k, shape (H, W, C): folded per feature size into ``ctx.cache`` in the
         deploy form, computed anew otherwise (:func:`~vheat_mm.policy.caches_weight_derived`)."""
+        return self._attenuation(ctx).view(ctx.basis_h.shape[-1], ctx.basis_w.shape[-1], -1)
+
+    def _attenuation(self, ctx: HeatContext) -> Tensor:
+        """:meth:`attenuation` as rows (H*W, C), one per frequency (n, m), as the forward
+        applies it."""
         if not caches_weight_derived(ctx.deploy):
             return self._decay_pow_k(ctx)
         # unpacked, not ctx.cache: torch 2.1's compiler cannot read a module as an attribute
         # of a tuple made while it traces
-        _, _, log_decay, _, _, cache = ctx
-        h, w = log_decay.shape
+        basis_h, basis_w, _, _, log_decay, _, _, cache = ctx
+        h, w = basis_h.shape[-1], basis_w.shape[-1]
         return cache.get(f'{self.cache_key}_{h}x{w}', lambda: self._decay_pow_k(ctx),
                          device=log_decay.device, dtype=log_decay.dtype)
 
     def _decay_pow_k(self, ctx: HeatContext) -> Tensor:
-        """decay ** k = exp(k * log decay), in float32 under autocast."""
+        """decay ** k = exp(k * log decay) as rows (H*W, C), in float32 under autocast."""
         return float32_under_autocast(
-            lambda log_decay, embed: torch.exp(self.to_k(embed) * log_decay[:, :, None]),
+            lambda log_decay, embed: torch.exp(self.to_k(embed) * log_decay),
             ctx.log_decay, ctx.freq_embed)
 
     def __prepare_scriptable__(self):
@@ -229,6 +249,7 @@ class HeatConductionOperator(nn.Module):
     @traced_as_one_node
     def forward(self, x: Tensor, ctx: HeatContext) -> Tensor:
         u, z = self.linear(self.dwconv(x))
-        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self.attenuation(ctx),
+        u = heat_conduction(u, ctx.basis_h, ctx.basis_w, self._attenuation(ctx),
+                            inverse=(ctx.inverse_h, ctx.inverse_w),
                             float32=self.float32_transforms)
         return self.out_linear(self.out_norm(u, z))

@@ -175,11 +175,14 @@ class VHeatTrunk(nn.Module):
         return check_finite_values(x, 'the input' if stage is None
                                    else f'the output of stage {stage}')
 
-    def heat_context(self, stage: int, height: int, width: int, like: Tensor) -> HeatContext:
+    def heat_context(self, stage: int, height: int, width: int, like: Tensor,
+                     batch: int | None = None) -> HeatContext:
         """Bases, decay map and freq_embed of ``stage`` at feature size (height, width), on
-        ``like``'s device (:func:`~vheat_mm.models.heat_operator.build_heat_context`)."""
+        ``like``'s device, the bases broadcast for ``batch`` maps where given
+        (:func:`~vheat_mm.models.heat_operator.build_heat_context`)."""
         return build_heat_context(self.heat_cache, self.freq_embed[stage], f'freq_embed{stage}',
-                                  height, width, device=like.device, deploy=self.deploy)
+                                  height, width, device=like.device, deploy=self.deploy,
+                                  batch=batch)
 
     def forward_stages(self, x: Tensor, last: int | None = None) -> list[Tensor]:
         """Channels-last output of every stage, before its downsampling; with ``last``, of
@@ -195,7 +198,7 @@ class VHeatTrunk(nn.Module):
             x = self.patch_embed(x)
             outs = []
             for i, stage in enumerate(self.layers):
-                out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x))
+                out, x = stage(x, self.heat_context(i, x.shape[1], x.shape[2], x, x.shape[0]))
                 outs.append(self._checked_finite(out, i))
                 if i == last:
                     break
