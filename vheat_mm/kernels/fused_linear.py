@@ -19,16 +19,20 @@ __all__ = ['linear_gelu']
 
 
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None,
-                project: Callable[..., Tensor] = F.linear, *, inplace: bool = False) -> Tensor:
+                project: Callable[..., Tensor] = F.linear, *, inplace: bool = False,
+                output: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Exact GELU of the linear map ``weight`` (C_out, C_in) on the last dimension of ``x``.
 
     ``project(x, weight, bias)`` is the eager product (default ``F.linear``; the model passes
-    its device-dependent one). ``inplace=True`` lets the eager GELU overwrite the product.
+    its device-dependent one); where it gives the product in another layout (the model's NCHW
+    convolution), ``output`` views the GELU of it as the result (..., C_out).
+    ``inplace=True`` lets the eager GELU overwrite the product.
     """
     if route('linear_gelu', x, weight, bias) is Route.INFERENCE:
         return _linear_gelu_triton(x, weight.reshape(weight.shape[0], -1), bias)
     y = project(x, weight, bias)
-    return torch.ops.aten.gelu_(y) if inplace else F.gelu(y)
+    y = torch.ops.aten.gelu_(y) if inplace else F.gelu(y)
+    return y if output is None else output(y)
 
 
 if HAVE_TRITON:

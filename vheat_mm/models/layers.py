@@ -2,9 +2,11 @@
 
 The network runs channels-last (B, H, W, C) from the stem to the last stage: linear layers and
 layer norms act on the contiguous last dimension, and convolutions see the same memory as an
-NCHW tensor in ``torch.channels_last`` format, so no layer needs a permute copy. Each module's
-``forward`` is what runs (forward hooks on it fire); the fused kernels of
-:mod:`vheat_mm.kernels` run inside the forward of the module whose parameters they use.
+NCHW tensor in ``torch.channels_last`` format, so no layer needs a permute copy (and where a
+convolution's output goes straight into the next one, the permutes between them cancel:
+:func:`as_nchw`). Each module's ``forward`` is what runs (forward hooks on it fire); the fused
+kernels of :mod:`vheat_mm.kernels` run inside the forward of the module whose parameters they
+use.
 
 In place. Every branch returns a fresh tensor: the norms, pointwise linears, depthwise
 convolution and MLP here, and the HCO (:mod:`.heat_operator`); ``ChannelsLast``, a free view,
@@ -34,14 +36,15 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..compat import is_compiling
 from ..kernels import (depthwise_conv3x3, layer_norm, layer_norm_silu, linear_gelu,
                        residual_layer_norm)
 from ..policy import is_traced, may_overwrite, observed_by_hooks
 
 __all__ = ['ChannelsLast', 'DepthwiseConv3x3', 'Downsample', 'GatedLayerNorm', 'GlobalAvgPool',
            'LayerNorm', 'Mlp', 'PointwiseConv', 'PointwiseLinear', 'ResidualLayerNorm',
-           'SplitPointwiseLinear', 'Stem', 'drop_path', 'pointwise', 'pointwise_as_conv',
-           'pointwise_gelu', 'traced_as_one_node']
+           'SplitPointwiseLinear', 'Stem', 'as_nchw', 'as_nhwc', 'drop_path', 'pointwise',
+           'pointwise_as_conv', 'pointwise_chunks', 'pointwise_gelu', 'traced_as_one_node']
 
 # One node each in a symbolic trace (module docstring); pointwise_gelu and call_module are
 # defined below.
@@ -70,9 +73,34 @@ def call_module(module: nn.Module, *args):
         return module(*args)
 
 
-def _nchw(x: Tensor) -> Tensor:
-    """NCHW view of a channels-last (B, H, W, C) tensor (memory format channels_last, no copy)."""
-    return x.permute(0, 3, 1, 2)
+def as_nchw(x: Tensor) -> Tensor:
+    """NCHW view of a channels-last (B, H, W, C) tensor (memory format channels_last, no copy).
+
+    Where x is itself the channels-last view of an NCHW tensor (a convolution's output, as
+    :func:`pointwise` and the depthwise convolution give it), that tensor: the two permutes
+    cancel (:func:`_permuted`)."""
+    return _permuted(x, (0, 3, 1, 2))
+
+
+def as_nhwc(x: Tensor) -> Tensor:
+    """Channels-last (B, H, W, C) view of an NCHW tensor, the inverse of :func:`as_nchw`;
+    likewise the tensor whose NCHW view x is, where it is one."""
+    return _permuted(x, (0, 2, 3, 1))
+
+
+def _permuted(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x.permute(dims)``; where x is a view whose base already is that view (the same memory,
+    shape and strides: x was made by the inverse permute), the base itself, so that neither
+    permute runs, nor its backward. Shapes, strides and offsets are compared on the host; no
+    value is read. (Not in a symbolic trace, nor while ``torch.compile`` or ``torch.jit``
+    traces: their graphs take the permute.)"""
+    base = None if is_traced(x) or is_compiling() or torch.jit.is_tracing() else x._base
+    if (base is not None and base.shape == tuple(x.shape[d] for d in dims)
+            and base.stride() == tuple(x.stride(d) for d in dims)
+            and base.storage_offset() == x.storage_offset() and base.dtype == x.dtype
+            and base.requires_grad == x.requires_grad):
+        return base
+    return x.permute(dims)
 
 
 def pointwise_as_conv(x: Tensor) -> bool:
@@ -95,16 +123,40 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     differ only by summation order.
     """
     if pointwise_as_conv(x):
-        if weight.dim() == 2:
-            weight = weight[:, :, None, None]
-        return F.conv2d(_nchw(x), weight, bias).permute(0, 2, 3, 1)
+        return as_nhwc(_conv1x1(x, weight, bias))
     return F.linear(x, weight.flatten(1), bias)
+
+
+def _conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`pointwise` as a 1x1 convolution, its output left NCHW."""
+    return F.conv2d(as_nchw(x), _conv_weight(weight), bias)
+
+
+def pointwise_chunks(x: Tensor, weight: Tensor, bias: Tensor, chunks: int) -> tuple[Tensor, ...]:
+    """``pointwise(x, weight, bias).chunk(chunks, -1)``: as a convolution
+    (:func:`pointwise_as_conv`) exactly that, one product whose chunks are views of it; as
+    ``F.linear``, one product per chunk of ``weight`` and ``bias``, so that each chunk comes
+    out contiguous (as the CUDA kernels that read them want it)."""
+    if pointwise_as_conv(x):
+        return pointwise(x, weight, bias).chunk(chunks, -1)
+    return tuple(F.linear(x, w, b) for w, b
+                 in zip(weight.flatten(1).chunk(chunks), bias.chunk(chunks)))
+
+
+def _conv_weight(weight: Tensor) -> Tensor:
+    """A linear's weight (C_out, C_in) as that of a 1x1 convolution (a view); a convolution's
+    weight as it is."""
+    return weight.view(*weight.shape, 1, 1) if weight.dim() == 2 else weight
 
 
 def pointwise_gelu(x: Tensor, weight: Tensor, bias: Tensor | None, *,
                    inplace: bool = False) -> Tensor:
     """The exact GELU of :func:`pointwise`: :func:`vheat_mm.kernels.linear_gelu` with
-    :func:`pointwise` as its eager product."""
+    :func:`pointwise`'s product as its eager one. As a convolution, GELU runs on its NCHW
+    output, and the result is the channels-last view of that, which the next
+    :func:`pointwise` reads as it is (:func:`as_nchw`)."""
+    if pointwise_as_conv(x):
+        return linear_gelu(x, weight, bias, _conv1x1, inplace=inplace, output=as_nhwc)
     return linear_gelu(x, weight, bias, pointwise, inplace=inplace)
 
 
@@ -195,8 +247,7 @@ class PointwiseLinear(nn.Linear):
 class SplitPointwiseLinear(PointwiseLinear):
     """A :class:`PointwiseLinear` whose output comes as ``chunks`` tensors of equal width.
 
-    The values of ``linear(x).chunk(chunks, dim=-1)``, computed as one product per chunk of the
-    weight, so that each chunk comes out contiguous (no copy).
+    The values of ``linear(x).chunk(chunks, dim=-1)`` (:func:`pointwise_chunks`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, chunks: int):
@@ -207,8 +258,7 @@ class SplitPointwiseLinear(PointwiseLinear):
         self.chunks = chunks
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(pointwise(x, weight, bias) for weight, bias
-                     in zip(self.weight.chunk(self.chunks), self.bias.chunk(self.chunks)))
+        return pointwise_chunks(x, self.weight, self.bias, self.chunks)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, chunks={self.chunks}'
@@ -269,7 +319,7 @@ class Stem(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.norm1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
-        return self.norm2(self.conv2(_nchw(x)))
+        return self.norm2(self.conv2(as_nchw(x)))
 
 
 class Downsample(nn.Sequential):
@@ -280,4 +330,4 @@ class Downsample(nn.Sequential):
                          LayerNorm(out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self[1](self[0](_nchw(x)).permute(0, 2, 3, 1))
+        return self[1](as_nhwc(self[0](as_nchw(x))))

@@ -17,7 +17,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from .arch import check_int_argument, stage_stride, takes_keywords_of
-from .layers import GlobalAvgPool, LayerNorm
+from .layers import GlobalAvgPool, LayerNorm, as_nchw, as_nhwc
 from .trunk import VHeatTrunk, init_linear
 
 __all__ = ['VHeat', 'VHeatFeatures']
@@ -103,7 +103,7 @@ class VHeat(VHeatTrunk):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last stage's map, (B, C, H, W), before the head."""
-        return self.forward_stages(x)[-1].permute(0, 3, 1, 2)
+        return as_nchw(self.forward_stages(x)[-1])
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """The head on :meth:`forward_features`' map: logits (B, num_classes); with
@@ -111,7 +111,7 @@ class VHeat(VHeatTrunk):
         pooling (global_pool ''), the same for every position, as (B, num_classes or C, H, W)."""
         norm, pool, flatten, linear = (self.classifier[0], self.classifier[1],
                                        self.classifier[2], self.classifier[3])
-        x = flatten(pool(norm(x.permute(0, 2, 3, 1))))
+        x = flatten(pool(norm(as_nhwc(x))))
         if not pre_logits:
             x = linear(x)
         return x if self.global_pool else x.permute(0, 3, 1, 2)
