@@ -45,6 +45,26 @@ def test_no_step_waits_for_the_device(form, size):
     assert not seen.syncs and not new.syncs, (seen.syncs, new.syncs)
 
 
+def test_vheat_t_steps_stay_within_their_aten_call_budgets():
+    """vHeat-T at 224x224, batch 2, float32: a training step (forward, loss, backward) within
+    1500 ATen calls, an eval forward (without gradients, and in inference mode) within 784,
+    the official code's."""
+    torch.manual_seed(0)
+    model = VHeat('tiny').train()
+    x = torch.randn(2, 3, 224, 224)
+    step = _step(model, 'train', x)
+    step()  # the gradients exist: the counted step accumulates into them
+    train = counts.count_dispatch(step)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # the caches have seen this size
+        evaluation = counts.count_dispatch(_step(model, 'eval', x))
+    with torch.inference_mode():
+        inference = counts.count_dispatch(_step(model, 'eval', x))
+    assert train.calls <= 1500, train
+    assert evaluation.calls <= 784 and inference.calls <= 784, (evaluation, inference)
+
+
 def test_the_counter_sees_a_sync():
     assert counts.count_dispatch(lambda: torch.ones(2).sum().item()).syncs == {
         'aten::_local_scalar_dense': 1}
