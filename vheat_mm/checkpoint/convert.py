@@ -7,6 +7,7 @@ from typing import Collection, Mapping
 from torch import Tensor, nn
 
 from ..models import FREQ_EMBED_FITS, VHeat, freq_embed_sizes, stage_stride
+from ..models.arch import NUM_STAGES
 from .errors import CheckpointError
 from .layout import BACKBONE_MODULE, LAYOUTS, find_freq_embeds, find_state_dict
 
@@ -14,7 +15,6 @@ __all__ = ['CONVERSION_MODES', 'check_downstream_sizes', 'convert_freq_embeds',
            'official_to_mmpretrain', 'official_to_model']
 
 CONVERSION_MODES = tuple(FREQ_EMBED_FITS)  # the model's own table of freq_embed fits
-_NUM_STAGES = 4  # of every released arch
 
 
 def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -77,7 +77,7 @@ def official_to_model(state_dict: Mapping[str, Tensor], model_keys: Collection[s
             f'used)')
 
 
-def check_downstream_sizes(pt_size: int, tg_size: int, num_stages: int = _NUM_STAGES) -> None:
+def check_downstream_sizes(pt_size: int, tg_size: int, num_stages: int = NUM_STAGES) -> None:
     """Raise :class:`ValueError` unless both sizes are positive multiples of the last stage's
     stride (:func:`~vheat_mm.models.stage_stride`) and tg >= pt."""
     multiple = stage_stride(num_stages - 1)

@@ -16,8 +16,9 @@ from typing import Callable, NamedTuple
 from ..variants import arch_settings
 from .layers import Stem
 
-__all__ = ['ARCH_SETTINGS', 'Arch', 'PATCH_SIZE', 'check_int_argument', 'freq_embed_sizes',
-           'is_int', 'is_number', 'resolve_arch', 'stage_stride', 'takes_keywords_of']
+__all__ = ['ARCH_SETTINGS', 'Arch', 'NUM_STAGES', 'PATCH_SIZE', 'check_int_argument',
+           'freq_embed_sizes', 'is_int', 'is_number', 'resolve_arch', 'stage_stride',
+           'takes_keywords_of']
 
 # The named archs' rows, from their records (vheat_mm/variants.py).
 ARCH_SETTINGS: dict[str, dict] = arch_settings()
@@ -26,6 +27,8 @@ _ARCH_ALIASES = {name[0]: name for name in ARCH_SETTINGS
                  if [other[0] for other in ARCH_SETTINGS].count(name[0]) == 1}
 _ARCH_KEYS = {'depths', 'dims', 'post_norm', 'layer_scale', 'mlp_ratio'}
 PATCH_SIZE = Stem.STRIDE  # the stride of stage 0's features
+# The stages of every named arch (one value: the unpacking fails if the records disagree).
+NUM_STAGES, = {len(row['depths']) for row in ARCH_SETTINGS.values()}
 
 
 def stage_stride(stage: int) -> int:
@@ -34,7 +37,7 @@ def stage_stride(stage: int) -> int:
     return PATCH_SIZE * 2**stage
 
 
-def freq_embed_sizes(img_size: int, num_stages: int = 4) -> tuple[int, ...]:
+def freq_embed_sizes(img_size: int, num_stages: int = NUM_STAGES) -> tuple[int, ...]:
     """The side of each stage's square freq_embed grid for a model of ``img_size``:
     img_size / stage_stride(i) for stage i."""
     return tuple(img_size // stage_stride(i) for i in range(num_stages))
