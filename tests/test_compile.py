@@ -4,11 +4,13 @@ The caches of derived tensors (``TensorCache``) are read-only while compiling: t
 model uses its folded tensors as they are, and a size whose tensors are not cached yet gets
 them computed in the graph (see ``TensorCache`` and ``switch_to_deploy``).
 """
+import re
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
-from helpers import MINI, MINI_POST
+from helpers import CONFIGS, MINI, MINI_POST, python_tool, synthetic_shapes, write_config
 from vheat_mm.models import VHeat, VHeatFeatures
 
 
@@ -158,3 +160,52 @@ def test_a_training_step_compiles_as_one_graph(cls):
     assert got.keys() == expected.keys() and all(g is not None for g in got.values())
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+MMENGINE_CLASSIFIER = '''\
+_base_ = '{base}'
+custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
+data_root = '{data}'
+metainfo = dict(classes={classes})
+data_preprocessor = dict(num_classes=3)
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 2, 1], dims=8), img_size=32,
+                  drop_path_rate=0.0),
+    head=dict(num_classes=3, in_channels=64),
+    train_cfg=None)
+pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+train_dataloader = dict(batch_size=2, num_workers=0,
+                        dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=pipeline))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=3)
+param_scheduler = []
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1000))
+custom_hooks = []
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0, deterministic=True)
+'''
+
+
+@pytest.mark.e2e
+def test_mmengines_compile_key_compiles_the_training_step(tmp_path):
+    """``compile=dict(backend=...)`` in a config (mmengine compiles the model's ``train_step``,
+    the optimizer's step included): tools/train.py trains the project's classification config,
+    whose recipe has a ``paramwise_cfg``, with it and to the same losses as without it."""
+    shapes = synthetic_shapes()
+    data = shapes.make_shapes_imagenet(tmp_path / 'imagenet', num_train=2, num_val=1,
+                                       size=(32, 32))
+    config = write_config(tmp_path / 'cls.py', MMENGINE_CLASSIFIER.format(
+        base=CONFIGS / 'classification/vheat-t_16xb128_in1k.py', data=data,
+        classes=shapes.SHAPE_CLASSES))
+    losses = {}
+    for name, options in (('eager', ()),
+                          ('compiled', ('--cfg-options', 'compile.backend=aot_eager'))):
+        done = python_tool('tools/train.py', config, '--work-dir', tmp_path / name, *options)
+        losses[name] = re.findall(r'Iter\(train\) \[\d/3\].*?  loss: ([0-9.]+)', done.stdout)
+    assert len(losses['eager']) == 3
+    assert losses['compiled'] == losses['eager']

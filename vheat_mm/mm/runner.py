@@ -8,7 +8,9 @@ config that names no runner. ``load_from``, ``--resume`` and ``tools/test.py CKP
 types mmengine's own checkpoints hold allowed, on every torch), gives official vHeat layouts to
 the hooks as ``{'state_dict': ...}``, loads official keys as the model's and reports the fit
 (:func:`~.state_dict_loading.load_into_model`). Resuming refuses, before any weight is loaded,
-a checkpoint that mmengine's runner did not write. Everything else is mmengine's ``Runner``.
+a checkpoint that mmengine's runner did not write. Its optimizers hold their parameter groups as
+plain dicts (:meth:`~VHeatRunner.build_optim_wrapper`), so that the ``compile`` key can compile
+a ``train_step`` that steps them. Everything else is mmengine's ``Runner``.
 
 :func:`load_checkpoint` is the same reading and loading outside a runner, with the signature of
 mmengine's function of that name (``demo/image_demo.py`` loads its ``--weights`` with it).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence, Union
 
+from mmengine.optim import OptimWrapperDict
 from mmengine.runner import Runner
 from torch import nn
 
@@ -40,6 +43,17 @@ class VHeatRunner(Runner):
             super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
         finally:
             self._resuming = False
+
+    def build_optim_wrapper(self, optim_wrapper):
+        """mmengine's, with each optimizer's parameter groups as plain dicts: with a
+        ``paramwise_cfg``, mmengine's constructor hands them over inside a ConfigDict, which
+        makes each a ConfigDict, and torch.compile cannot trace the optimizer's step over those
+        (the ``compile`` key compiles ``train_step``, the step included)."""
+        built = super().build_optim_wrapper(optim_wrapper)
+        for wrapper in built.values() if isinstance(built, OptimWrapperDict) else [built]:
+            groups = wrapper.optimizer.param_groups
+            groups[:] = [group if type(group) is dict else dict(group) for group in groups]
+        return built
 
     def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu',
                         strict: bool = False,
