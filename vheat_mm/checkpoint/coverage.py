@@ -68,7 +68,6 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # 'key: checkpoint (..) vs model (..)'
     resized: list[str] = field(default_factory=list)     # 'freq_embed.i (..) -> (..)'
-    resize_mode: str = 'bicubic'
     skipped: frozenset = frozenset()  # keys not loaded: unexpected or of another shape
 
     @property
@@ -115,13 +114,12 @@ def survey(model: nn.Module, state_dict: Mapping, source: str) -> LoadReport:
     (:func:`~vheat_mm.models.freq_embed_fits.freq_embed_resizes`; one it cannot, under
     ``freq_embed_fit='pad'``, raises :class:`CheckpointError` naming ``source``)."""
     own = {k: getattr(v, 'shape', None) for k, v in model.state_dict().items()}
-    resizes, mode = [], 'bicubic'
+    resizes = []
     for name, trunk in model.named_modules():
         if isinstance(trunk, VHeatTrunk):
-            mode = trunk.freq_embed_fit
             try:
                 resizes += freq_embed_resizes(state_dict, f'{name}.' if name else '',
-                                              trunk.freq_embed, mode)
+                                              trunk.freq_embed, trunk.freq_embed_fit)
             except ValueError as err:
                 raise CheckpointError(f'{shown_path(source)}: {err}') from None
     resized = {resize.key for resize in resizes}
@@ -137,7 +135,7 @@ def survey(model: nn.Module, state_dict: Mapping, source: str) -> LoadReport:
         total=len(counted_own), used_of=len(counted),
         missing=sorted(counted_own - counted), unexpected=sorted(map(str, unexpected)),
         mismatched=[mismatched[k] for k in sorted(mismatched)],
-        resized=[str(resize) for resize in resizes], resize_mode=mode,
+        resized=[str(resize) for resize in resizes],
         skipped=frozenset(unexpected | set(mismatched)))
 
 
