@@ -75,7 +75,7 @@ CASES: dict[str, tuple[Callable, dict, tuple[str, str, str]]] = {
         (LOADED, LOADED, LOADED)),
     "a larger freq_embed under 'pad'": (
         lambda make, kw: {'model': make(img_size=128, **kw).state_dict()},
-        {'freq_embed_fit': 'pad'}, (REFUSED, REFUSED, REFUSED)),
+        {'freq_embed_resize': 'pad'}, (REFUSED, REFUSED, REFUSED)),
     'one tensor of another shape': (
         lambda make, kw: {'model': _other_shape(make(**kw).state_dict())}, {},
         (LOADED, LOADED, REFUSED)),

@@ -136,9 +136,9 @@ def test_bad_config_is_a_clear_error(toolbox, name, case):
 def test_unknown_keyword_lists_every_allowed_keyword(toolbox, name):
     allowed = (['depths', 'dims', 'post_norm', 'layer_scale', 'img_size', 'drop_path_rate',
                 'out_indices', 'use_checkpoint', 'pretrained', 'frozen_stages', 'in_chans',
-                'mlp_ratio', 'check_finite', 'freq_embed_fit'] if name != 'vHeat' else
+                'mlp_ratio', 'check_finite', 'freq_embed_resize'] if name != 'vHeat' else
                # its own keywords, then VHeatFeatures', then the trunk's (takes_keywords_of)
-               ['arch', 'init_cfg', 'out_indices', 'frozen_stages', 'img_size', 'freq_embed_fit',
+               ['arch', 'init_cfg', 'out_indices', 'frozen_stages', 'img_size', 'freq_embed_resize',
                 'in_channels', 'drop_path_rate', 'with_cp', 'check_finite'])
     with pytest.raises(TypeError) as error:
         registry(toolbox).build(config(name, out_indice=(1,)))

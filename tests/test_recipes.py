@@ -91,7 +91,7 @@ def test_downstream_config_starts_from_the_zero_padded_freq_embed(name, classifi
     backbone.arch = MINI_POST if post_norm else MINI  # the config's block kind, small dims
     backbone.init_cfg.checkpoint = str(classifiers[post_norm])
     model = built_backbone(backbone, cfg.default_scope)
-    assert model.freq_embed_fit == 'pad' and model.img_size in (224, 512)
+    assert model.freq_embed_resize == 'pad' and model.img_size in (224, 512)
     assert_starts_as_interpolate4downstream(model, classifiers[post_norm])
 
 

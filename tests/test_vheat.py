@@ -79,8 +79,8 @@ def test_unknown_arch_lists_choices():
     with pytest.raises(ValueError, match=r"unknown keys \['depth'\]"):
         VHeat(dict(depth=(2, 2, 6, 2), dims=96))
     with pytest.raises(TypeError, match=re.escape(
-            "VHeat got an unexpected keyword argument 'drop_rate' (did you mean "
-            "'drop_path_rate'?); its keywords are arch, num_classes, global_pool, img_size, ")):
+            "VHeat: unknown keyword 'drop_rate' (did you mean 'drop_path_rate'?); allowed "
+            "keywords are arch, num_classes, global_pool, img_size, ")):
         VHeat('tiny', drop_rate=0.1)
 
 

@@ -5,9 +5,9 @@ custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
 # mmengine's Runner, reading checkpoints (load_from, --resume) through vheat_mm's safe reader
 runner_type = 'VHeatRunner'
 
-# ImageNet-1k vHeat-T of the official release. Its freq_embed (224) is zero-padded to img_size on
-# load (freq_embed_fit='pad'): the tensors interpolate4downstream.py writes, where the paper's runs
-# started. freq_embed_fit='bicubic' resizes instead.
+# ImageNet-1k vHeat-T of the official release. Its freq_embed (224) is zero-padded to img_size
+# on load (freq_embed_resize='pad'): the tensors interpolate4downstream.py writes, where the
+# paper's runs started. freq_embed_resize='bicubic' interpolates instead.
 pretrained = 'https://github.com/MzeroMiko/vHeat/releases/download/vheatcls/vHeat_tiny.pth'
 model = dict(
     backbone=dict(
@@ -15,7 +15,7 @@ model = dict(
         type='vHeat',
         arch='tiny',
         img_size=512,
-        freq_embed_fit='pad',
+        freq_embed_resize='pad',
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
         with_cp=False,

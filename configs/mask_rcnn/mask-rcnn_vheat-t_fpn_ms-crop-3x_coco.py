@@ -16,7 +16,7 @@ model = dict(
         # checkpoint loads unchanged. The paper's 53M for this detector would imply 512, as the
         # 1x configs and the small 3x config use (its freq_embed zero-padded from 224 on load).
         img_size=224,
-        freq_embed_fit='pad',
+        freq_embed_resize='pad',
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

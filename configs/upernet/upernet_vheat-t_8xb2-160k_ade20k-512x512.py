@@ -14,7 +14,7 @@ model = dict(
         type='vHeat',
         arch='tiny',
         img_size=512,
-        freq_embed_fit='pad',  # 224 -> 512 zero-padded on load, as interpolate4downstream.py
+        freq_embed_resize='pad',  # 224 -> 512 zero-padded on load, as interpolate4downstream.py
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

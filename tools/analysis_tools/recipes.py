@@ -410,7 +410,7 @@ def downstream_rows(cfg: Config, off: Config, checkout: Path, toolbox: str) -> l
     rows = [
         row('arch', arch, official_arch, _show_arch),
         row('img_size', ours.get('img_size', 224), theirs['img_size']),
-        row('freq_embed start (from the 224 checkpoint)', ours.get('freq_embed_fit', 'bicubic'),
+        row('freq_embed start (from the 224 checkpoint)', ours.get('freq_embed_resize', 'bicubic'),
             _zero_padded_by_official_tool(checkout), str),
         row('drop_path_rate', ours.drop_path_rate, theirs['drop_path_rate']),
         row('out_indices', tuple(ours.out_indices), tuple(theirs['out_indices'])),

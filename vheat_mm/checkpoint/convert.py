@@ -6,7 +6,7 @@ from typing import Collection, Mapping
 
 from torch import Tensor, nn
 
-from ..models import FREQ_EMBED_FITS, VHeat, freq_embed_sizes, stage_stride
+from ..models import FREQ_EMBED_RESIZE_MODES, VHeat, freq_embed_sizes, stage_stride
 from ..models.arch import NUM_STAGES
 from .errors import CheckpointError
 from .layout import BACKBONE_MODULE, LAYOUTS, find_freq_embeds, find_state_dict
@@ -14,7 +14,7 @@ from .layout import BACKBONE_MODULE, LAYOUTS, find_freq_embeds, find_state_dict
 __all__ = ['CONVERSION_MODES', 'check_downstream_sizes', 'convert_freq_embeds',
            'official_to_mmpretrain', 'official_to_model']
 
-CONVERSION_MODES = tuple(FREQ_EMBED_FITS)  # the model's own table of freq_embed fits
+CONVERSION_MODES = tuple(FREQ_EMBED_RESIZE_MODES)  # the model's own table of freq_embed resizes
 
 
 def official_to_mmpretrain(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -97,8 +97,8 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
     """A copy of ``checkpoint`` with each freq_embed enlarged from ``pt_size`` to ``tg_size``.
 
     Stage i's freq_embed is (s, s, C) with s = size / stage_stride(i)
-    (:func:`~vheat_mm.models.freq_embed_sizes`). ``mode`` is a fit of
-    :data:`~vheat_mm.models.FREQ_EMBED_FITS`, the table the model's load hook uses: 'pad'
+    (:func:`~vheat_mm.models.freq_embed_sizes`). ``mode`` is a resize mode of
+    :data:`~vheat_mm.models.FREQ_EMBED_RESIZE_MODES`, the table the model's load hook uses: 'pad'
     zero-pads at the bottom and right, as the official ``interpolate4downstream.py`` does;
     'bicubic' resizes. The freq_embeds are those
     :func:`~vheat_mm.checkpoint.layout.find_freq_embeds` finds; every other entry and key is
@@ -109,7 +109,7 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
     found = find_freq_embeds(checkpoint)
     stages = 1 + max(k.stage for k in found)  # find_freq_embeds finds one at least
     check_downstream_sizes(pt_size, tg_size, stages)
-    fit = FREQ_EMBED_FITS[mode]
+    resize = FREQ_EMBED_RESIZE_MODES[mode]
     converted = dict(checkpoint)
     for entry in dict.fromkeys(k.entry for k in found):
         converted[entry] = copy.copy(checkpoint[entry])  # keeps OrderedDict and its _metadata
@@ -125,5 +125,5 @@ def convert_freq_embeds(checkpoint: Mapping, *, pt_size: int, tg_size: int,
                 f'a ({expected}, {expected}, C) freq_embed; is pt_size the resolution the '
                 f'checkpoint was trained at?')
         target = (tg_sides[stage],) * 2
-        converted[entry][key] = fit(value, target)
+        converted[entry][key] = resize(value, target)
     return converted

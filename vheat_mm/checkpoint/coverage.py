@@ -111,15 +111,15 @@ def _listed(keys: list[str]) -> str:
 def survey(model: nn.Module, state_dict: Mapping, source: str) -> LoadReport:
     """What loading ``state_dict`` into ``model`` does, from shapes alone: a freq_embed of
     another resolution counts as loaded where a vHeat trunk's load hook resizes it
-    (:func:`~vheat_mm.models.freq_embed_fits.freq_embed_resizes`; one it cannot, under
-    ``freq_embed_fit='pad'``, raises :class:`CheckpointError` naming ``source``)."""
+    (:func:`~vheat_mm.models.freq_embed_resize.freq_embed_resizes`; one it cannot, under
+    ``freq_embed_resize='pad'``, raises :class:`CheckpointError` naming ``source``)."""
     own = {k: getattr(v, 'shape', None) for k, v in model.state_dict().items()}
     resizes = []
     for name, trunk in model.named_modules():
         if isinstance(trunk, VHeatTrunk):
             try:
                 resizes += freq_embed_resizes(state_dict, f'{name}.' if name else '',
-                                              trunk.freq_embed, trunk.freq_embed_fit)
+                                              trunk.freq_embed, trunk.freq_embed_resize)
             except ValueError as err:
                 raise CheckpointError(f'{shown_path(source)}: {err}') from None
     resized = {resize.key for resize in resizes}

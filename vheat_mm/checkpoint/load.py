@@ -49,7 +49,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, prefix: str | 
     ``model_ema``, read by default where present, or ``model``; see
     :mod:`~vheat_mm.checkpoint.layout`); ``prefix`` keeps the keys under it (a detector's
     ``backbone.``). freq_embed tensors of another resolution are resized as the model's
-    ``freq_embed_fit`` says; tensors of another shape are not loaded. The verdict is
+    ``freq_embed_resize`` says; tensors of another shape are not loaded. The verdict is
     :func:`~vheat_mm.checkpoint.coverage.check_coverage`'s: a checkpoint that covers the model
     badly warns (raises under ``strict`` or strict loading), and under ``strict`` any tensor
     missing, unused or of another shape raises. Returns the :class:`LoadReport`.

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import copy
-import difflib
-import functools
-import inspect
 import logging
-from typing import Callable, Sequence
+from typing import Sequence
 
 from mmengine.model import initialize
 
 from ..checkpoint import load_pretrained
 from ..models import VHeatFeatures
-from ..models.arch import takes_keywords_of
+from ..models.keywords import reject_unknown_keywords, takes_keywords_of
 
 __all__ = ['VHeatBackbone', 'build_official_backbone']
 
@@ -27,41 +24,6 @@ SWIN_LEFTOVERS = frozenset({
     'use_abs_pos_embed', 'act_cfg', 'norm_cfg', 'with_cp', 'convert_weights'})
 
 
-def _keywords(fn: Callable) -> list[str]:
-    """The keywords ``fn`` lists in its signature, in order (``self`` and ``**kwargs`` left
-    out)."""
-    return [name for name, p in inspect.signature(fn).parameters.items()
-            if name != 'self' and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def reject_unknown_keywords(label: str, tolerated: frozenset[str] = frozenset()
-                            ) -> Callable[[Callable], Callable]:
-    """Decorator: a keyword that ``fn``'s signature does not list raises a TypeError naming it,
-    the closest listed keyword and every listed one (Python's own error names none of them).
-    Keywords in ``tolerated`` pass on to ``fn``, which takes them through ``**kwargs``."""
-
-    def decorate(fn: Callable) -> Callable:
-        allowed = _keywords(fn)
-
-        @functools.wraps(fn)
-        def checked(*args, **kwargs):
-            unknown = [key for key in kwargs if key not in allowed and key not in tolerated]
-            if unknown:
-                named = [f'{key!r} (did you mean {close[0]!r}?)'
-                         if (close := difflib.get_close_matches(key, [*allowed, *sorted(tolerated)],
-                                                                n=1)) else repr(key)
-                         for key in unknown]
-                raise TypeError(f'{label}: unknown keyword {", ".join(named)}; allowed keywords '
-                                f'are {", ".join(allowed)}'
-                                + (f' (ignored, as Swin leftovers: {", ".join(sorted(tolerated))})'
-                                   if tolerated else ''))
-            return fn(*args, **kwargs)
-
-        return checked
-
-    return decorate
-
-
 class VHeatBackbone(VHeatFeatures):
     """:class:`~vheat_mm.models.VHeatFeatures` with ``init_cfg``, registered as ``vHeat``.
 
@@ -69,7 +31,7 @@ class VHeatBackbone(VHeatFeatures):
     loads an official classification checkpoint (``entry``: ``'model_ema'``, the default where
     present, or ``'model'``), an mmengine checkpoint (with or without ``backbone.``) or a plain
     state dict when the runner calls :meth:`init_weights`, with
-    :func:`~vheat_mm.checkpoint.load_pretrained`: freq_embed is fitted to ``img_size``, every
+    :func:`~vheat_mm.checkpoint.load_pretrained`: freq_embed is resized to ``img_size``, every
     key not loaded is logged, and a checkpoint that fits badly warns (``strict``: fails).
     ``map_location``, which mmengine's ``Pretrained`` takes, changes nothing here: the file is
     always read into CPU memory (the safe reader), and ``load_state_dict`` copies each tensor
@@ -80,7 +42,6 @@ class VHeatBackbone(VHeatFeatures):
     an unknown keyword is a TypeError listing the allowed ones.
     """
 
-    @reject_unknown_keywords('vHeat')
     @takes_keywords_of(VHeatFeatures.__init__)
     def __init__(self, arch: str | dict = 'tiny', *,
                  init_cfg: dict | list[dict] | None = None, **options):
@@ -119,7 +80,7 @@ def build_official_backbone(name: str, default_img_size: int):
     keywords that the official configs inherit from their Swin ``_base_`` (:data:`SWIN_LEFTOVERS`)
     and an inherited ``init_cfg`` (which would load Swin weights), each with one logged line.
 
-    ``freq_embed_fit`` defaults to 'pad': the official classes load ``pretrained`` without
+    ``freq_embed_resize`` defaults to 'pad': the official classes load ``pretrained`` without
     resizing, so the official runs started from the file the official
     ``interpolate4downstream.py`` zero-pads; padding at load time starts from the same tensors
     when ``pretrained`` is the 224-pixel classification checkpoint itself.
@@ -131,7 +92,7 @@ def build_official_backbone(name: str, default_img_size: int):
               img_size: int = default_img_size, drop_path_rate: float = 0.1,
               out_indices: Sequence[int] = (0, 1, 2, 3), use_checkpoint: bool = False,
               pretrained: str | None = None, frozen_stages: int = -1, in_chans: int = 3,
-              mlp_ratio: float = 4.0, check_finite: bool = False, freq_embed_fit: str = 'pad',
+              mlp_ratio: float = 4.0, check_finite: bool = False, freq_embed_resize: str = 'pad',
               **leftovers) -> VHeatBackbone:
         init_cfg = leftovers.pop('init_cfg', None)
         if leftovers:
@@ -145,7 +106,7 @@ def build_official_backbone(name: str, default_img_size: int):
         return VHeatBackbone(arch, img_size=img_size, in_channels=in_chans,
                              drop_path_rate=drop_path_rate, out_indices=out_indices,
                              frozen_stages=frozen_stages, with_cp=use_checkpoint,
-                             check_finite=check_finite, freq_embed_fit=freq_embed_fit,
+                             check_finite=check_finite, freq_embed_resize=freq_embed_resize,
                              init_cfg=None if pretrained is None  # the official code reads 'model'
                              else dict(type='Pretrained', checkpoint=pretrained, entry='model'))
 

@@ -6,19 +6,15 @@ Every stride and freq_embed grid of the package is computed by :func:`stage_stri
 """
 from __future__ import annotations
 
-import difflib
-import functools
-import inspect
 import math
 import numbers
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from ..variants import arch_settings
 from .layers import Stem
 
 __all__ = ['ARCH_SETTINGS', 'Arch', 'NUM_STAGES', 'PATCH_SIZE', 'check_int_argument',
-           'freq_embed_sizes', 'is_int', 'is_number', 'resolve_arch', 'stage_stride',
-           'takes_keywords_of']
+           'freq_embed_sizes', 'is_int', 'is_number', 'resolve_arch', 'stage_stride']
 
 # The named archs' rows, from their records (vheat_mm/variants.py).
 ARCH_SETTINGS: dict[str, dict] = arch_settings()
@@ -116,36 +112,3 @@ def check_int_argument(name: str, value: object, minimum: int | None = None) -> 
     if minimum is not None and value < minimum:
         raise ValueError(f'{name} must be at least {minimum}, got {value}')
     return int(value)
-
-
-def takes_keywords_of(parent_init: Callable) -> Callable[[Callable], Callable]:
-    """Decorator of a subclass's ``__init__(self, ..., *, <its own keywords>, **options)``
-    whose ``options`` are the keyword-only parameters of ``parent_init``, declared there alone
-    (name, type, default, documentation): a new option of the parent is one edit. The decorated
-    ``__init__`` shows them in its signature (``inspect.signature``, ``help``, mmengine's and
-    the tools' keyword checks read it), and a keyword that neither declares is a TypeError
-    naming the closest one and every one."""
-    inherited = [p for p in inspect.signature(parent_init).parameters.values()
-                 if p.kind is p.KEYWORD_ONLY]
-
-    def decorate(init: Callable) -> Callable:
-        own = inspect.signature(init).parameters
-        params = [p for p in own.values() if p.kind is not p.VAR_KEYWORD]
-        params += [p for p in inherited if p.name not in own]
-        allowed = [p.name for p in params[1:]]  # after self
-
-        @functools.wraps(init)
-        def checked(self, *args, **kwargs):
-            unknown = [key for key in kwargs if key not in allowed]
-            if unknown:
-                close = difflib.get_close_matches(unknown[0], allowed, n=1)
-                raise TypeError(f'{type(self).__name__} got an unexpected keyword argument '
-                                f'{unknown[0]!r}' + (f' (did you mean {close[0]!r}?)' if close
-                                                     else '')
-                                + f'; its keywords are {", ".join(allowed)}')
-            return init(self, *args, **kwargs)
-
-        checked.__signature__ = inspect.Signature(params)
-        return checked
-
-    return decorate

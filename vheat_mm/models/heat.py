@@ -312,7 +312,7 @@ def pad_freq_embed(freq_embed: Tensor, size: tuple[int, int]) -> Tensor:
     """Zero-pad a (H, W, C) frequency embedding at the bottom and right to ``size``.
 
     What the official ``interpolate4downstream.py`` writes (and ``interpolate4downstream.py``
-    here by default); the backbone's load-time fit under ``freq_embed_fit='pad'``. The (H, W)
+    here by default); the backbone's load-time resize under ``freq_embed_resize='pad'``. The (H, W)
     corner keeps its values, the new rows and columns are 0. Padding cannot shrink: a ``size``
     smaller than (H, W) in either dimension is a ValueError. A tensor already of that size is
     returned as it is.

@@ -17,7 +17,7 @@ from ..compat import is_compiling, register_load_state_dict_pre_hook
 from ..policy import is_traced, observed_by_hooks
 from .arch import check_int_argument, freq_embed_sizes, is_number, resolve_arch, stage_stride
 from .blocks import HeatBlock, HeatStage
-from .freq_embed_fits import check_freq_embed_fit, fit_freq_embeds
+from .freq_embed_resize import check_freq_embed_resize, resize_loaded_freq_embeds
 from .heat_operator import HeatContext, TensorCache, build_heat_context
 from .layers import Downsample, Stem
 
@@ -40,11 +40,11 @@ def _refold_loaded_weights(module: nn.Module, _incompatible_keys) -> None:
                     type(module).__name__)
 
 
-def _fit_loaded_freq_embeds(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-    """load_state_dict pre-hook of the trunk: fit freq_embeds of another resolution, logged."""
-    for line in fit_freq_embeds(state_dict, prefix, module.freq_embed, module.freq_embed_fit):
-        logger.info('vHeat: freq_embed of another resolution fitted (%s): %s',
-                    module.freq_embed_fit, line)
+def _resize_loaded_freq_embeds(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """load_state_dict pre-hook of the trunk: resize freq_embeds of another resolution, logged."""
+    mode = module.freq_embed_resize
+    for line in resize_loaded_freq_embeds(state_dict, prefix, module.freq_embed, mode):
+        logger.info('vHeat: freq_embed of another resolution resized (%s): %s', mode, line)
 
 
 class VHeatTrunk(nn.Module):
@@ -61,9 +61,9 @@ class VHeatTrunk(nn.Module):
         img_size: training resolution; sets the freq_embed sizes (img_size / 4 / 2^i). Inputs of
             any size down to the stride of the last stage (32x32 for four stages) are accepted:
             freq_embed is resized bicubically to each stage's size.
-        freq_embed_fit: how a loaded freq_embed of another resolution is fitted to img_size
-            (:func:`fit_freq_embeds`): 'bicubic' resizes it (any size, also smaller), 'pad'
-            zero-pads it at the bottom and right, as the official ``interpolate4downstream.py``
+        freq_embed_resize: how a loaded freq_embed of another resolution is resized to img_size
+            (:func:`resize_loaded_freq_embeds`): 'bicubic' interpolates it (any size, also
+            smaller), 'pad' zero-pads it at the bottom and right, as the official ``interpolate4downstream.py``
             does (the start of the paper's downstream runs; cannot shrink).
         in_channels: image channels.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
@@ -74,11 +74,11 @@ class VHeatTrunk(nn.Module):
     """
 
     def __init__(self, arch: str | dict = 'tiny', *, img_size: int = 224,
-                 freq_embed_fit: str = 'bicubic', in_channels: int = 3,
+                 freq_embed_resize: str = 'bicubic', in_channels: int = 3,
                  drop_path_rate: float = 0.0, with_cp: bool = False, check_finite: bool = False):
         super().__init__()
         self.arch = resolve_arch(arch)
-        self.freq_embed_fit = check_freq_embed_fit(freq_embed_fit)
+        self.freq_embed_resize = check_freq_embed_resize(freq_embed_resize)
         self.total_stride = stage_stride(len(self.arch.depths) - 1)  # of the last stage
         img_size = check_int_argument('img_size', img_size)
         in_channels = check_int_argument('in_channels', in_channels, 1)
@@ -108,7 +108,7 @@ class VHeatTrunk(nn.Module):
             last = i == self.num_stages - 1
             self.layers.append(HeatStage(blocks, nn.Identity() if last
                                          else Downsample(dim, dims[i + 1])))
-        register_load_state_dict_pre_hook(self, _fit_loaded_freq_embeds)
+        register_load_state_dict_pre_hook(self, _resize_loaded_freq_embeds)
         self.register_load_state_dict_post_hook(_refold_loaded_weights)
         self.heat_cache = TensorCache()
         self.deploy = False

@@ -16,7 +16,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .arch import check_int_argument, stage_stride, takes_keywords_of
+from .arch import check_int_argument, stage_stride
+from .keywords import takes_keywords_of
 from .layers import GlobalAvgPool, LayerNorm, as_nchw, as_nhwc
 from .trunk import VHeatTrunk, init_linear
 
@@ -37,7 +38,7 @@ class VHeat(VHeatTrunk):
         global_pool: 'avg' averages over H and W; '' does not pool: the model then gives a map
             (B, num_classes, H, W), or (B, C, H, W) for num_classes 0, every position through
             the head's norm (and linear).
-        arch, img_size, freq_embed_fit, in_channels, drop_path_rate, with_cp, check_finite:
+        arch, img_size, freq_embed_resize, in_channels, drop_path_rate, with_cp, check_finite:
             those of :class:`VHeatTrunk`.
     """
 
@@ -185,7 +186,7 @@ class VHeatFeatures(VHeatTrunk):
         frozen_stages: -1 freezes nothing; 0 freezes the stem; i > 0 also freezes stages
             0..i-1 (their blocks, downsampling, freq_embed and output norms). Frozen parts stay
             in eval mode after ``train()``.
-        arch, img_size, freq_embed_fit, in_channels, drop_path_rate, with_cp, check_finite:
+        arch, img_size, freq_embed_resize, in_channels, drop_path_rate, with_cp, check_finite:
             those of :class:`VHeatTrunk`.
     """
 

@@ -84,13 +84,13 @@ def test_keys_of_other_shapes_count_as_not_loaded_on_mmengine_paths(tmp_path, ca
     assert 'wider.pth' in warning.getMessage()
     with strict_loading(), pytest.raises(CheckpointError, match='fits the model badly'):
         load_checkpoint(VHeat(MINI, img_size=64), str(wider))
-    # a freq_embed of another resolution, which the load hook fits, does load
+    # a freq_embed of another resolution, which the load hook resizes, does load
     caplog.clear()
     other_size = tmp_path / 'other_size.pth'
     torch.save(dict(model=VHeat(MINI, img_size=128).state_dict()), other_size)
     with caplog.at_level(logging.WARNING), strict_loading():
         load_checkpoint(VHeat(MINI, img_size=64), str(other_size))
-        load_checkpoint(VHeat(MINI, img_size=256, freq_embed_fit='pad'), str(other_size))
+        load_checkpoint(VHeat(MINI, img_size=256, freq_embed_resize='pad'), str(other_size))
     assert not fit_warnings(caplog)
 
 

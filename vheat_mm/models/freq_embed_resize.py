@@ -1,8 +1,8 @@
-"""Fitting a loaded freq_embed of another resolution to the model's: the one mode table.
+"""Resizing a loaded freq_embed of another resolution to the model's: the one mode table.
 
-The trunk's load_state_dict pre-hook fits each ``freq_embed.i`` of a state dict being loaded
-(:func:`fit_freq_embeds`), as the model's ``freq_embed_fit`` says; ``interpolate4downstream.py``
-enlarges a checkpoint's with the same table.
+The trunk's load_state_dict pre-hook resizes each ``freq_embed.i`` of a state dict being loaded
+(:func:`resize_loaded_freq_embeds`), as the model's ``freq_embed_resize`` says;
+``interpolate4downstream.py`` enlarges a checkpoint's with the same table.
 """
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from torch import Tensor
 
 from .heat import pad_freq_embed, resize_freq_embed
 
-__all__ = ['FREQ_EMBED_FITS', 'FreqEmbedResize', 'check_freq_embed_fit', 'fit_freq_embeds',
-           'freq_embed_resizes']
+__all__ = ['FREQ_EMBED_RESIZE_MODES', 'FreqEmbedResize', 'check_freq_embed_resize',
+           'freq_embed_resizes', 'resize_loaded_freq_embeds']
 
-#: How a loaded freq_embed of another (H, W) is fitted to the model's (``freq_embed_fit``).
-FREQ_EMBED_FITS = {'pad': pad_freq_embed, 'bicubic': resize_freq_embed}
+#: How a loaded freq_embed of another (H, W) is resized to the model's (``freq_embed_resize``).
+FREQ_EMBED_RESIZE_MODES = {'pad': pad_freq_embed, 'bicubic': resize_freq_embed}
 
 
-def check_freq_embed_fit(mode: str) -> str:
-    """``mode`` if it is one of :data:`FREQ_EMBED_FITS`, else a one-line ValueError."""
-    if mode not in FREQ_EMBED_FITS:
-        raise ValueError(f'freq_embed_fit must be one of {list(FREQ_EMBED_FITS)}, got {mode!r}')
+def check_freq_embed_resize(mode: str) -> str:
+    """``mode`` if it is one of :data:`FREQ_EMBED_RESIZE_MODES`, else a one-line ValueError."""
+    if mode not in FREQ_EMBED_RESIZE_MODES:
+        raise ValueError(f'freq_embed_resize must be one of {list(FREQ_EMBED_RESIZE_MODES)}, '
+                         f'got {mode!r}')
     return mode
 
 
@@ -42,7 +43,7 @@ def freq_embed_resizes(state_dict: Mapping, prefix: str, freq_embed: Sequence[Te
     after resizing: another (H, W), the same channels. Reads shapes only. Under
     ``mode='pad'`` a tensor larger than the model's cannot be resized: ValueError naming the
     key and both shapes."""
-    check_freq_embed_fit(mode)
+    check_freq_embed_resize(mode)
     resizes = []
     for i, own in enumerate(freq_embed):
         key = f'{prefix}freq_embed.{i}'
@@ -50,15 +51,16 @@ def freq_embed_resizes(state_dict: Mapping, prefix: str, freq_embed: Sequence[Te
         if isinstance(value, Tensor) and value.dim() == 3 and value.shape[2] == own.shape[2] \
                 and value.shape != own.shape:
             if mode == 'pad' and (value.shape[0] > own.shape[0] or value.shape[1] > own.shape[1]):
-                raise ValueError(f"freq_embed_fit='pad' cannot shrink {key} of shape "
+                raise ValueError(f"freq_embed_resize='pad' cannot shrink {key} of shape "
                                  f"{tuple(value.shape)} to the model's {tuple(own.shape)}; use "
-                                 f"freq_embed_fit='bicubic'")
+                                 f"freq_embed_resize='bicubic'")
             resizes.append(FreqEmbedResize(key, tuple(value.shape), tuple(own.shape)))
     return resizes
 
 
-def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequence[Tensor],
-                    mode: str = 'bicubic') -> list[FreqEmbedResize]:
+def resize_loaded_freq_embeds(state_dict: dict[str, Tensor], prefix: str,
+                              freq_embed: Sequence[Tensor],
+                              mode: str = 'bicubic') -> list[FreqEmbedResize]:
     """Resize, in ``state_dict``, each ``{prefix}freq_embed.{i}`` of another (H, W) than the
     model's ``freq_embed[i]`` (:func:`freq_embed_resizes`) to the model's size; returns them.
 
@@ -70,5 +72,6 @@ def fit_freq_embeds(state_dict: dict[str, Tensor], prefix: str, freq_embed: Sequ
     """
     resizes = freq_embed_resizes(state_dict, prefix, freq_embed, mode)
     for resize in resizes:
-        state_dict[resize.key] = FREQ_EMBED_FITS[mode](state_dict[resize.key], resize.model[:2])
+        resized = FREQ_EMBED_RESIZE_MODES[mode](state_dict[resize.key], resize.model[:2])
+        state_dict[resize.key] = resized
     return resizes
