@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from helpers import ROOT, load_script
+from vheat_mm import compat
+from vheat_mm.kernels import dispatch, kernel_switches
 from vheat_mm.models import VHeat
 
 counts = load_script(ROOT / 'tools/analysis_tools/benchmarking/dispatch_counts.py')
@@ -70,3 +72,40 @@ def test_the_counter_sees_a_sync():
         'aten::_local_scalar_dense': 1}
     assert counts.count_dispatch(lambda: torch.equal(torch.ones(2), torch.ones(2))).syncs == {
         'aten::equal': 1}
+
+
+@pytest.mark.skipif(not compat.has('kernels') or not dispatch.HAVE_TRITON
+                    or not dispatch.INTERPRET,
+                    reason='needs the kernels, and Triton under TRITON_INTERPRET=1')
+def test_the_gpu_path_waits_for_nothing_and_calls_less_than_the_cpu_path():
+    """The GPU path, counted on the CPU: bfloat16 autocast with each Triton kernel run by the
+    interpreter, whose own ATen calls a GPU launch does not make (dispatch_counts.py leaves them
+    out). vHeat-T at 32x32, batch 1 (the calls do not depend on the size; the interpreter's time
+    does): no sync in a training step, an eval forward or a deployed one; fewer calls than the
+    same steps without the kernels; the eval forwards within the official code's 784."""
+    torch.manual_seed(0)
+    model = VHeat('tiny', img_size=32).train()
+    x = torch.randn(1, 3, 32, 32)
+    train_step, forward = _step(model, 'train', x), _step(model, 'eval', x)
+    found = {}
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        for path in ('cpu', 'kernels'):
+            with kernel_switches(cpu_interpreter=path == 'kernels'):
+                model.train()
+                train_step()  # the gradients exist: the counted step accumulates into them
+                found[path, 'train'] = counts.count_dispatch(train_step)
+                model.eval()
+                with torch.no_grad():
+                    forward()  # the caches have seen this size
+                    found[path, 'eval'] = counts.count_dispatch(forward)
+    model.switch_to_deploy()
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad(), \
+            kernel_switches(cpu_interpreter=True):
+        forward()
+        found['kernels', 'deploy'] = counts.count_dispatch(forward)
+    for (path, form), found_counts in found.items():
+        assert not found_counts.syncs, (path, form, found_counts)
+        assert (found_counts.launches > 0) == (path == 'kernels'), (path, form, found_counts)
+    for form in ('train', 'eval'):
+        assert found['kernels', form].calls < found['cpu', form].calls, found
+    assert found['kernels', 'eval'].calls <= 784 and found['kernels', 'deploy'].calls <= 784
