@@ -101,6 +101,29 @@ def one_line_message(error: pytest.ExceptionInfo, *names: str) -> str:
     return message
 
 
+# The head of a config of a tiny vHeat classifier with the project's ImageNet recipe, on 32x32
+# images of 3 classes, for tools/train.py; the tests append their loops and hooks and format
+# it with base, data and classes ({imports}: the custom_imports, a Python list).
+TINY_CLASSIFIER = '''\
+_base_ = '{base}'
+custom_imports = dict(imports={imports}, allow_failed_imports=False)
+data_root = '{data}'
+metainfo = dict(classes={classes})
+data_preprocessor = dict(num_classes=3)
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 2, 1], dims=8), img_size=32,
+                  drop_path_rate=0.0),
+    head=dict(num_classes=3, in_channels=64),
+    train_cfg=None)  # no Mixup / CutMix
+pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]  # 32x32 images as they are
+'''
+
+
+def tiny_classifier(imports: list[str], rest: str) -> str:
+    """A config template: :data:`TINY_CLASSIFIER` importing ``imports``, then ``rest``."""
+    return TINY_CLASSIFIER.replace('{imports}', repr(imports)) + rest
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

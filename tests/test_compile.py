@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
-from helpers import CONFIGS, MINI, MINI_POST, python_tool, synthetic_shapes, write_config
+from helpers import (CONFIGS, MINI, MINI_POST, python_tool, synthetic_shapes, tiny_classifier,
+                     write_config)
 from vheat_mm.models import VHeat, VHeatFeatures
 
 
@@ -162,18 +163,7 @@ def test_a_training_step_compiles_as_one_graph(cls):
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-MMENGINE_CLASSIFIER = '''\
-_base_ = '{base}'
-custom_imports = dict(imports=['vheat_mm'], allow_failed_imports=False)
-data_root = '{data}'
-metainfo = dict(classes={classes})
-data_preprocessor = dict(num_classes=3)
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 2, 1], dims=8), img_size=32,
-                  drop_path_rate=0.0),
-    head=dict(num_classes=3, in_channels=64),
-    train_cfg=None)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+MMENGINE_CLASSIFIER = tiny_classifier(['vheat_mm'], '''\
 train_dataloader = dict(batch_size=2, num_workers=0,
                         dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=pipeline))
 val_dataloader = None
@@ -188,7 +178,7 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1000))
 custom_hooks = []
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0, deterministic=True)
-'''
+''')
 
 
 @pytest.mark.e2e

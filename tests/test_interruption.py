@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (CONFIGS, python_tool, remove_checkpoints, synthetic_shapes, write_config,
-                     write_crafted_checkpoint)
+from helpers import (CONFIGS, python_tool, remove_checkpoints, synthetic_shapes, tiny_classifier,
+                     write_config, write_crafted_checkpoint)
 from vheat_mm.checkpoint import CheckpointError, read_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -27,18 +27,7 @@ TESTS = Path(__file__).resolve().parent
 CHILD_ENV = dict(PYTHONPATH=str(TESTS))  # the child imports interrupt_hooks (custom_imports)
 KILLED = -signal.SIGKILL
 
-CLASSIFIER = '''\
-_base_ = '{base}'
-custom_imports = dict(imports=['vheat_mm', 'interrupt_hooks'], allow_failed_imports=False)
-data_root = '{data}'
-metainfo = dict(classes={classes})
-data_preprocessor = dict(num_classes=3)
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 2, 1], dims=8), img_size=32,
-                  drop_path_rate=0.0),
-    head=dict(num_classes=3, in_channels=64),
-    train_cfg=None)  # no Mixup / CutMix
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]  # 32x32 images as they are
+CLASSIFIER = tiny_classifier(['vheat_mm', 'interrupt_hooks'], '''\
 train_dataloader = dict(
     batch_size=2, num_workers=0,
     dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=pipeline))
@@ -56,7 +45,7 @@ default_hooks = dict(logger=dict(interval=1),
 log_processor = dict(by_epoch=False)
 custom_hooks = [dict(type='EMAHook', momentum=0.1, priority='ABOVE_NORMAL'), *{kill_hooks}]
 randomness = dict(seed=0, deterministic=True)
-'''
+''')
 
 
 @pytest.fixture(scope='module')
