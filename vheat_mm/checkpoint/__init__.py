@@ -39,7 +39,7 @@ from .coverage import (MIN_COVERAGE, LoadReport, check_coverage, log_report, str
                        strict_loading_enabled, survey)
 from .download import PRETRAINED_URLS, cached_download, is_url
 from .errors import CheckpointError
-from .io import check_finite, check_string_keys, read_checkpoint
+from .io import check_string_keys, read_checkpoint, refuse_non_finite
 from .layout import (BACKBONE_MODULE, LAYOUTS, STATE_DICT_ENTRIES, WRAPPED_MODULE, FreqEmbedKey,
                      Layout, find_freq_embeds, find_layout, find_state_dict, is_state_dict,
                      named_weight_entries, select_prefix, weight_entries)
@@ -51,10 +51,10 @@ __all__ = ['ALLOWED_GLOBALS', 'BACKBONE_MODULE', 'CONVERSION_MODES', 'LAYOUTS', 
            'PRETRAINED_URLS', 'STATE_DICT_ENTRIES', 'WRAPPED_MODULE', 'AllowedGlobal',
            'CheckpointError', 'FreqEmbedKey', 'Layout', 'LoadReport', 'OfficialConfig',
            'RefusedCall', 'cached_download', 'check_archive', 'check_coverage',
-           'check_downstream_sizes', 'check_finite', 'check_string_keys', 'checkpoint_filter_fn',
+           'check_downstream_sizes', 'check_string_keys', 'checkpoint_filter_fn',
            'convert_freq_embeds', 'find_freq_embeds', 'find_layout', 'find_state_dict',
            'is_state_dict', 'is_url', 'leftover_temporaries', 'load_pretrained',
            'load_state_dict_checked', 'log_report', 'named_weight_entries',
-           'official_to_mmpretrain', 'official_to_model', 'read_checkpoint',
+           'official_to_mmpretrain', 'official_to_model', 'read_checkpoint', 'refuse_non_finite',
            'replaced_atomically', 'select_prefix', 'shown', 'shown_keys', 'strict_loading',
            'strict_loading_enabled', 'survey', 'weight_entries', 'write_checkpoint']

@@ -16,10 +16,10 @@ Before ``torch.load``, a file that is neither a zip archive nor torch's legacy f
 refused, and a zip archive is checked (:func:`~.archive.check_archive`): no compressed record,
 none larger than the file, every CRC-32 right, no pickle whose shared parts nest to an
 exponential size. After it, the checkpoint's keys and those of its state dicts must be strings
-(:func:`check_string_keys`), and weights holding NaN or inf are refused (:func:`check_finite`):
-such a checkpoint comes from a diverged run or a damaged copy, and loading it would give a
-model that outputs NaN. Messages show keys and values cut to a bounded length
-(:mod:`.messages`).
+(:func:`check_string_keys`), and weights holding NaN or inf are refused
+(:func:`refuse_non_finite`): such a checkpoint comes from a diverged run or a damaged copy,
+and loading it would give a model that outputs NaN. Messages show keys and values cut to a
+bounded length (:mod:`.messages`).
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from .messages import MAX_SHOWN, cut, shown, shown_path
 from .restricted_pickle import ALLOWED, RefusedCall
 
 __all__ = ['DEFAULT_MAX_DECLARED_BYTES', 'FORCE_WEIGHTS_ONLY', 'MAX_DECLARED_BYTES_VARIABLE',
-           'check_declared_sizes', 'check_finite', 'check_string_keys', 'max_declared_bytes',
-           'read_checkpoint']
+           'check_declared_sizes', 'check_string_keys', 'max_declared_bytes', 'read_checkpoint',
+           'refuse_non_finite']
 
 #: The variable that sets :func:`max_declared_bytes`, and its default (16 GiB: vHeat-B with its
 #: optimizer state declares about 1 GiB).
@@ -59,7 +59,7 @@ def _torch_forces_weights_only() -> bool:
     return os.environ.get(FORCE_WEIGHTS_ONLY, '0').lower() in ('1', 'y', 'yes', 'true')
 
 
-def check_finite(state_dict: Mapping, source: str) -> None:
+def refuse_non_finite(state_dict: Mapping, source: str) -> None:
     """Raise :class:`CheckpointError` naming the first floating-point tensor of ``state_dict``
     that holds NaN or inf (and how many of its values do)."""
     for key, value in state_dict.items():
@@ -83,7 +83,7 @@ def _all_finite(values: torch.Tensor) -> bool:
 
 
 def _stored_values(tensor: torch.Tensor) -> torch.Tensor:
-    """The values of ``tensor`` that :func:`check_finite` reads: the tensor, or where it has
+    """The values of ``tensor`` that :func:`refuse_non_finite` reads: the tensor, or where it has
     more elements than its storage holds (a stride of 0, as ``expand`` gives), the storage's
     values, each once: a small file can describe a tensor of any number of elements that way."""
     held = tensor.untyped_storage().nbytes() // tensor.element_size()
@@ -143,7 +143,7 @@ def read_checkpoint(path: str | os.PathLike, *, name: str | None = None,
     check_string_keys(checkpoint, name)
     check_declared_sizes(checkpoint, name, os.path.getsize(path))
     for _, state_dict in named_weight_entries(checkpoint):
-        check_finite(state_dict, name)
+        refuse_non_finite(state_dict, name)
     return dict(checkpoint)
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .coverage import LoadReport, check_coverage, log_report, survey
 from .errors import CheckpointError
-from .io import check_finite, read_checkpoint
+from .io import read_checkpoint, refuse_non_finite
 from .layout import find_state_dict, select_prefix
 from .messages import shown_path
 
@@ -72,7 +72,7 @@ def checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: nn.Module,
     weight is judged by its other dimensions). ``source`` names the weights in messages. The
     input is left untouched."""
     state_dict = find_state_dict(checkpoint)
-    check_finite(state_dict, f'the pretrained weights of {type(model).__name__}')
+    refuse_non_finite(state_dict, f'the pretrained weights of {type(model).__name__}')
     report = survey(model, _as_timm_adapts(model, state_dict), source)
     check_coverage(report)
     log_report(report)
