@@ -63,8 +63,9 @@ class VHeatTrunk(nn.Module):
             freq_embed is resized bicubically to each stage's size.
         freq_embed_resize: how a loaded freq_embed of another resolution is resized to img_size
             (:func:`resize_loaded_freq_embeds`): 'bicubic' interpolates it (any size, also
-            smaller), 'pad' zero-pads it at the bottom and right, as the official ``interpolate4downstream.py``
-            does (the start of the paper's downstream runs; cannot shrink).
+            smaller), 'pad' zero-pads it at the bottom and right, as the official
+            ``interpolate4downstream.py`` does (the start of the paper's downstream runs; cannot
+            shrink).
         in_channels: image channels.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
         with_cp: gradient checkpointing per block.
